@@ -1,0 +1,1 @@
+"""Ray job entry points: one module per stage, `python -m jobs.<stage>`."""

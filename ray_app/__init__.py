@@ -1,0 +1,1 @@
+"""Shared library of the platform: store, data preparation, labelling, models, metrics."""

@@ -1,0 +1,285 @@
+"""Cleaning and validation of one raw record into one table row (pure functions, no Ray).
+
+A record either becomes a typed row that matches the table's schema, or raises `Reject`
+naming the field and why. Missing optional values are filled with a default and flagged
+(Product.missing_fields) rather than dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+from ray_app.ids import label_id, stable_id
+from ray_app.privacy import pseudonymise
+from ray_app.text import normalize_text, normalize_with_offsets, remap_span, strip_html
+from schemas.records import ESCI_GAIN, EVENT_TYPES, LABEL_SOURCES, LABEL_TASKS, SPLITS, TABLE_MODELS
+
+
+class Reject(ValueError):
+    """A record that cannot become a row: `field` and a human-readable reason."""
+
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(f"{field_name}: {reason}" if field_name else reason)
+        self.field = field_name
+        self.reason = reason
+
+
+@dataclass
+class CleanContext:
+    table: str
+    pseudonym_key: str
+    max_field_chars: int = 100_000
+    split: Optional[str] = None
+    dataset: str = ""
+    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
+
+
+# Common alternative column names, used only when the canonical column is absent.
+ALIASES: dict[str, dict[str, str]] = {
+    "products": {"id": "product_id", "item_id": "product_id", "sku": "product_id", "name": "title",
+                 "product_title": "title", "product_brand": "brand", "product_description": "description",
+                 "category": "category_path", "categories": "category_path", "image": "image_url",
+                 "quantity": "stock", "inventory": "stock"},
+    "queries": {"id": "query_id", "query": "text", "utterance": "text", "q": "text"},
+    "users": {"id": "user_id", "customer_id": "user_id"},
+    "events": {"id": "event_id", "type": "event_type", "event": "event_type", "item_id": "product_id",
+               "ts": "timestamp", "time": "timestamp", "customer_id": "user_id", "rank": "position"},
+    "judgments": {"esci_label": "grade", "label": "grade"},
+    "labels": {},
+}
+EVENT_ALIASES = {"view": "impression", "impression": "impression", "click": "click", "add-to-cart": "add_to_cart",
+                 "add_to_cart": "add_to_cart", "addtocart": "add_to_cart", "cart": "add_to_cart", "atc": "add_to_cart",
+                 "purchase": "purchase", "order": "purchase", "buy": "purchase", "conversion": "purchase"}
+_NUMBER = re.compile(r"^[\s$€£¥]*([-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+)\s*(?:[a-zA-Z]{3})?\s*$")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def text_field(data: dict, name: str, ctx: CleanContext, required: bool = False, html: bool = False) -> str:
+    value = data.get(name)
+    if _missing(value):
+        if required:
+            raise Reject(name, "required value is missing")
+        return ""
+    if not isinstance(value, (str, int, float)):
+        raise Reject(name, f"expected text, got {type(value).__name__}")
+    text = str(value)
+    if len(text) > ctx.max_field_chars:
+        raise Reject(name, f"value is {len(text):,} characters, over the limit of {ctx.max_field_chars:,}")
+    if html:
+        text = strip_html(text)
+    text = normalize_text(text)
+    if required and not text:
+        raise Reject(name, "required value is empty after normalisation")
+    return text
+
+
+def number_field(data: dict, name: str, lo: Optional[float] = None, hi: Optional[float] = None,
+                 integer: bool = False) -> Optional[float]:
+    value = data.get(name)
+    if _missing(value):
+        return None
+    if isinstance(value, bool):
+        raise Reject(name, f"expected a number, got boolean {value!r}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        match = _NUMBER.match(str(value))
+        if not match:
+            raise Reject(name, f"expected a number, got {str(value)[:60]!r}")
+        number = float(match.group(1).replace(",", ""))
+    if math.isnan(number) or math.isinf(number):
+        raise Reject(name, f"expected a finite number, got {value!r}")
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        raise Reject(name, f"{number:g} is outside the allowed range [{lo}, {hi}]")
+    if integer:
+        if number != int(number):
+            raise Reject(name, f"expected a whole number, got {value!r}")
+        return int(number)
+    return number
+
+
+def timestamp_field(data: dict, name: str, ctx: CleanContext, required: bool = False) -> Optional[datetime]:
+    value = data.get(name)
+    if _missing(value):
+        if required:
+            raise Reject(name, "required timestamp is missing")
+        return None
+    try:
+        if isinstance(value, datetime):
+            ts = value
+        elif isinstance(value, (int, float)) or re.fullmatch(r"\d{9,13}(\.\d+)?", str(value).strip()):
+            seconds = float(value)
+            ts = datetime.fromtimestamp(seconds / 1000 if seconds > 1e11 else seconds, tz=timezone.utc)
+        else:
+            ts = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise Reject(name, f"not a timestamp: {str(value)[:60]!r} (use ISO 8601 or epoch seconds/ms)")
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+    return ts
+
+
+def list_field(data: dict, name: str) -> list[str]:
+    value = data.get(name)
+    if _missing(value):
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise Reject(name, f"looks like a JSON list but does not parse: {text[:60]!r}")
+        else:
+            value = re.split(r"\s*(?:>|\||/)\s*", text)
+    if not isinstance(value, (list, tuple)):
+        raise Reject(name, f"expected a list or 'A > B > C', got {type(value).__name__}")
+    return [normalize_text(str(v)) for v in value if not _missing(v)]
+
+
+def attributes_field(data: dict, name: str = "attributes") -> str:
+    value = data.get(name)
+    if _missing(value):
+        return "{}"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise Reject(name, f"expected a JSON object, got {value[:60]!r}")
+    if not isinstance(value, dict):
+        raise Reject(name, f"expected an object of name -> value, got {type(value).__name__}")
+    clean = {normalize_text(str(k)): (normalize_text(v) if isinstance(v, str) else v) for k, v in value.items() if not _missing(v)}
+    return json.dumps(clean, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def split_field(data: dict, ctx: CleanContext) -> str:
+    split = ctx.split if ctx.split is not None else str(data.get("split") or "").strip().lower()
+    split = {"val": "validation", "valid": "validation", "dev": "validation", "validate": "validation"}.get(split, split)
+    if split not in SPLITS:
+        raise Reject("split", f"{split!r} is not one of train, validation, test")
+    return split
+
+
+def clean_product(d: dict, ctx: CleanContext) -> dict:
+    row = {"product_id": text_field(d, "product_id", ctx, required=True),
+           "title": text_field(d, "title", ctx, required=True),
+           "description": text_field(d, "description", ctx, html=True),
+           "brand": text_field(d, "brand", ctx),
+           "category_path": list_field(d, "category_path"),
+           "attributes": attributes_field(d),
+           "price": number_field(d, "price", lo=0),
+           "currency": text_field(d, "currency", ctx) or "USD",
+           "rating": number_field(d, "rating", lo=0, hi=5),
+           "rating_count": number_field(d, "rating_count", lo=0, integer=True),
+           "stock": number_field(d, "stock", lo=0, integer=True),
+           "image_url": text_field(d, "image_url", ctx),
+           "locale": (text_field(d, "locale", ctx) or "us").lower(),
+           "source": ctx.dataset,
+           "updated_at": timestamp_field(d, "updated_at", ctx) or ctx.now}
+    row["missing_fields"] = [f for f in ("description", "brand", "price", "rating", "stock", "image_url")
+                             if row[f] in ("", None)] + ([] if row["category_path"] else ["category_path"])
+    return row
+
+
+def clean_query(d: dict, ctx: CleanContext) -> dict:
+    return {"query_id": text_field(d, "query_id", ctx, required=True), "text": text_field(d, "text", ctx, required=True),
+            "locale": (text_field(d, "locale", ctx) or "us").lower(), "split": split_field(d, ctx),
+            "dataset": text_field(d, "dataset", ctx) or ctx.dataset, "updated_at": timestamp_field(d, "updated_at", ctx) or ctx.now}
+
+
+def clean_user(d: dict, ctx: CleanContext) -> dict:
+    return {"user_id": pseudonymise(text_field(d, "user_id", ctx, required=True), ctx.pseudonym_key),
+            "locale": (text_field(d, "locale", ctx) or "us").lower(), "segment": text_field(d, "segment", ctx),
+            "signup_at": timestamp_field(d, "signup_at", ctx), "updated_at": timestamp_field(d, "updated_at", ctx) or ctx.now}
+
+
+def clean_event(d: dict, ctx: CleanContext) -> dict:
+    raw_type = text_field(d, "event_type", ctx, required=True).lower()
+    if raw_type not in EVENT_ALIASES:
+        raise Reject("event_type", f"{raw_type!r} is not one of {', '.join(EVENT_TYPES)}")
+    user = pseudonymise(text_field(d, "user_id", ctx, required=True), ctx.pseudonym_key)
+    row = {"event_type": EVENT_ALIASES[raw_type], "user_id": user, "session_id": text_field(d, "session_id", ctx),
+           "query_id": text_field(d, "query_id", ctx), "product_id": text_field(d, "product_id", ctx, required=True),
+           "position": number_field(d, "position", lo=1, integer=True),
+           "timestamp": timestamp_field(d, "timestamp", ctx, required=True), "device": text_field(d, "device", ctx).lower(),
+           "locale": (text_field(d, "locale", ctx) or "us").lower()}
+    row["event_id"] = text_field(d, "event_id", ctx) or stable_id(
+        "event", row["event_type"], user, row["session_id"], row["query_id"], row["product_id"], row["position"], row["timestamp"])
+    return row
+
+
+def clean_judgment(d: dict, ctx: CleanContext) -> dict:
+    grade = text_field(d, "grade", ctx, required=True).upper()
+    if grade not in ESCI_GAIN:
+        raise Reject("grade", f"{grade!r} is not one of E, S, C, I")
+    return {"query_id": text_field(d, "query_id", ctx, required=True), "product_id": text_field(d, "product_id", ctx, required=True),
+            "grade": grade, "gain": ESCI_GAIN[grade], "split": split_field(d, ctx), "source": ctx.dataset or text_field(d, "source", ctx),
+            "updated_at": ctx.now}
+
+
+def clean_label(d: dict, ctx: CleanContext) -> dict:
+    task = text_field(d, "task", ctx, required=True)
+    source = text_field(d, "source", ctx) or "human"
+    if task not in LABEL_TASKS:
+        raise Reject("task", f"{task!r} is not one of {', '.join(LABEL_TASKS)}")
+    if source not in LABEL_SOURCES:
+        raise Reject("source", f"{source!r} is not one of {', '.join(LABEL_SOURCES)}")
+    target = text_field(d, "target_id", ctx, required=True)
+    spans = d.get("spans") or []
+    if isinstance(spans, str):
+        try:
+            spans = json.loads(spans) if spans.strip() else []
+        except json.JSONDecodeError:
+            raise Reject("spans", "not a JSON list of {start, end, type}")
+    text = d.get("text")
+    clean_spans = []
+    for s in spans:
+        try:
+            start, end, etype = int(s["start"]), int(s["end"]), str(s["type"])
+        except (KeyError, TypeError, ValueError):
+            raise Reject("spans", f"span {s!r} needs integer start, end and a type")
+        if not 0 <= start < end or (text is not None and end > len(text)):
+            raise Reject("spans", f"span [{start}, {end}) is outside the text")
+        clean_spans.append({"start": start, "end": end, "type": etype, "text": str(s.get("text") or (text[start:end] if text else ""))})
+    if task != "entity" and not text_field(d, "value", ctx):
+        raise Reject("value", f"a {task} label needs a value")
+    annotator = text_field(d, "annotator", ctx) or ctx.dataset
+    return {"label_id": label_id(target, task, source, annotator), "target_type": text_field(d, "target_type", ctx) or ("query_product" if "::" in target else "query"),
+            "target_id": target, "task": task, "value": text_field(d, "value", ctx), "spans": clean_spans, "source": source,
+            "confidence": number_field(d, "confidence", lo=0, hi=1) if not _missing(d.get("confidence")) else 1.0,
+            "annotator": annotator, "created_at": timestamp_field(d, "created_at", ctx) or ctx.now}
+
+
+CLEANERS: dict[str, Callable[[dict, CleanContext], dict]] = {
+    "products": clean_product, "queries": clean_query, "users": clean_user,
+    "events": clean_event, "judgments": clean_judgment, "labels": clean_label,
+}
+
+
+def apply_mapping(data: dict, table: str, mapping: dict[str, str]) -> dict:
+    """User renames first (SRC=DST), then built-in aliases for columns still absent."""
+    out = {mapping.get(k, k): v for k, v in data.items()}
+    for alias, canonical in ALIASES.get(table, {}).items():
+        if canonical not in out and alias in out:
+            out[canonical] = out.pop(alias)
+    return out
+
+
+def clean_record(data: dict, ctx: CleanContext, mapping: Optional[dict[str, str]] = None) -> dict:
+    """Map, clean and validate one record against the table's pydantic model."""
+    data = apply_mapping(data, ctx.table, mapping or {})
+    row = CLEANERS[ctx.table](data, ctx)
+    try:
+        TABLE_MODELS[ctx.table].model_validate(row)
+    except Exception as exc:  # pydantic ValidationError: name the first failing field
+        errors = getattr(exc, "errors", lambda: [])()
+        first = errors[0] if errors else {"loc": ("",), "msg": str(exc)}
+        raise Reject(".".join(map(str, first["loc"])), f"schema validation failed: {first['msg']}")
+    return row

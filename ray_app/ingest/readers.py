@@ -1,0 +1,191 @@
+"""Reading CSV, JSONL/JSON and Parquet (optionally gzipped) into raw rows, one per record.
+
+Every record keeps its source file, its 1-based row number and its raw text, so that a row
+that fails anywhere later can be quarantined exactly as it was read. Parsing problems (broken
+UTF-8, invalid JSON, an empty line, a CSV row with the wrong number of fields) are not errors
+here: the row is emitted with `_error` set and lands in quarantine.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from typing import Any, Iterator, Optional
+
+import pyarrow.parquet as pq
+
+FILE_EXTENSIONS = ["csv", "tsv", "jsonl", "ndjson", "json", "parquet", "gz"]
+
+
+def detect_format(path: str, forced: Optional[str] = None) -> str:
+    """csv, jsonl, json or parquet, from the name (a trailing .gz is looked through)."""
+    if forced:
+        return forced
+    name = path.lower().removesuffix(".gz")
+    for ext, fmt in ((".csv", "csv"), (".tsv", "csv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"),
+                     (".json", "json"), (".parquet", "parquet")):
+        if name.endswith(ext):
+            return fmt
+    raise ValueError(f"cannot tell the format of {path!r} from its name; pass --format csv|jsonl|parquet")
+
+
+def raw_row(source: str, row: int, raw: str, data: Optional[dict], error: str = "") -> dict[str, Any]:
+    """The uniform raw-row shape every reader emits."""
+    return {
+        "_source": source,
+        "_row": row,
+        "_raw": raw,
+        "_json": json.dumps(data, ensure_ascii=False, default=str) if data is not None else "",
+        "_error": error,
+    }
+
+
+def _split_lines(payload: bytes) -> list[bytes]:
+    lines = payload.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the file is not an empty row
+    return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+
+
+def _decode_lines(lines: list[bytes]) -> tuple[list[Optional[str]], str]:
+    """Strict UTF-8 per line. A file whose every non-ASCII line fails is a legacy-encoded
+    file (Windows-1252/Latin-1): decode it whole that way instead of quarantining it."""
+    decoded: list[Optional[str]] = []
+    failures = successes = 0
+    for ln in lines:
+        text = decode_utf8(ln)
+        decoded.append(text)
+        if text is None:
+            failures += 1
+        elif not ln.isascii():
+            successes += 1
+    if failures >= 2 and successes == 0:
+        return [_decode_legacy(ln) for ln in lines], "legacy"
+    return decoded, "utf-8"
+
+
+def decode_utf8(data: bytes) -> Optional[str]:
+    """Strict UTF-8, also repairing CESU-8 (emoji written as two encoded UTF-16 surrogates,
+    as some exporters do: lossless to fix). None when the bytes are really broken."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = data.decode("utf-8", "surrogatepass")
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeError:
+        return None
+
+
+def _decode_legacy(data: bytes) -> str:
+    """Windows-1252 where every byte is defined, else Latin-1 (which maps every byte)."""
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def parse_jsonl(source: str, payload: bytes) -> Iterator[dict[str, Any]]:
+    lines = _split_lines(payload)
+    decoded, _ = _decode_lines(lines)
+    for i, (raw_bytes, text) in enumerate(zip(lines, decoded), start=1):
+        if text is None:
+            bad = raw_bytes.decode("utf-8", errors="replace")
+            try:
+                raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield raw_row(source, i, bad, None, f"broken encoding: not valid UTF-8 at byte {exc.start}")
+            continue
+        if not text.strip():
+            yield raw_row(source, i, text, None, "empty line")
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield raw_row(source, i, text, None, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            continue
+        if not isinstance(data, dict):
+            yield raw_row(source, i, text, None, f"expected a JSON object, got {type(data).__name__}")
+            continue
+        yield raw_row(source, i, text, data)
+
+
+def parse_csv(source: str, payload: bytes, delimiter: str = ",") -> Iterator[dict[str, Any]]:
+    lines = _split_lines(payload)
+    decoded, _ = _decode_lines(lines)
+    good: list[tuple[int, str]] = []
+    for i, (raw_bytes, text) in enumerate(zip(lines, decoded), start=1):
+        if text is None:
+            try:
+                raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield raw_row(source, i, raw_bytes.decode("utf-8", errors="replace"), None,
+                              f"broken encoding: not valid UTF-8 at byte {exc.start}")
+            continue
+        good.append((i, text))
+    if not good:
+        return
+    header_line, header_text = good[0]
+    header = [h.strip().lstrip("\ufeff") for h in next(csv.reader([header_text], delimiter=delimiter))]
+    # Feed the remaining lines through one csv reader so quoted newlines work; map back to line numbers.
+    numbers = [n for n, _ in good[1:]]
+    reader = csv.reader((t for _, t in good[1:]), delimiter=delimiter)
+    texts = [t for _, t in good[1:]]
+    consumed = 0
+    for fields in reader:
+        start = consumed
+        consumed = reader.line_num
+        line_no = numbers[start] if start < len(numbers) else numbers[-1]
+        raw = "\n".join(texts[start:consumed])
+        if not fields or all(not f.strip() for f in fields):
+            yield raw_row(source, line_no, raw, None, "empty line")
+            continue
+        if len(fields) != len(header):
+            yield raw_row(source, line_no, raw, None,
+                          f"CSV row has {len(fields)} fields, the header has {len(header)}")
+            continue
+        yield raw_row(source, line_no, raw, dict(zip(header, fields)))
+
+
+def parse_json_document(source: str, payload: bytes) -> Iterator[dict[str, Any]]:
+    """A JSON file holding a list of objects (or a JSONL file misnamed .json)."""
+    lines = _split_lines(payload)
+    decoded, _ = _decode_lines(lines)
+    text = "\n".join(t if t is not None else b.decode("utf-8", errors="replace") for b, t in zip(lines, decoded))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        yield from parse_jsonl(source, payload)
+        return
+    items = data if isinstance(data, list) else [data]
+    for i, item in enumerate(items, start=1):
+        raw = json.dumps(item, ensure_ascii=False, default=str)
+        if isinstance(item, dict):
+            yield raw_row(source, i, raw, item)
+        else:
+            yield raw_row(source, i, raw, None, f"expected a JSON object, got {type(item).__name__}")
+
+
+def parse_parquet(source: str, payload: bytes) -> Iterator[dict[str, Any]]:
+    table = pq.read_table(io.BytesIO(payload))
+    for i, row in enumerate(table.to_pylist(), start=1):
+        yield raw_row(source, i, json.dumps(row, ensure_ascii=False, default=str), row)
+
+
+def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None) -> Iterator[dict[str, Any]]:
+    """Dispatch on the format; gzip is undone first."""
+    if payload[:2] == b"\x1f\x8b":  # Ray's file reader may already have undone .gz
+        payload = gzip.decompress(payload)
+    fmt = detect_format(path, forced_format)
+    if fmt == "jsonl":
+        yield from parse_jsonl(path, payload)
+    elif fmt == "json":
+        yield from parse_json_document(path, payload)
+    elif fmt == "csv":
+        yield from parse_csv(path, payload, "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ",")
+    elif fmt == "parquet":
+        yield from parse_parquet(path, payload)
+    else:
+        raise ValueError(f"unsupported format {fmt!r}")

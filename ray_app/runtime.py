@@ -1,0 +1,26 @@
+"""Starting or joining Ray the same way in every job, test and benchmark."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import ray
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quiet: bool = True) -> None:
+    """Join `address` or $RAY_ADDRESS (set by `ray job submit`), else start a local Ray.
+
+    Idempotent: a driver that already called ray.init (tests, the main job) keeps its session.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(ignore_reinit_error=True, log_to_driver=not quiet, logging_level=logging.WARNING)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = not quiet
+    ctx.print_on_execution_start = False

@@ -1,0 +1,213 @@
+"""The LanceDB store: typed tables, upserts by key, versions, tags and named snapshots.
+
+Every write is one LanceDB commit, so each write makes exactly one new table version and a
+crash before the commit leaves the table as it was. Snapshots pin the versions of all data
+tables with LanceDB tags (tags also protect those versions from `cleanup_old_versions`), so a
+snapshot reads back exactly the rows it saw, whatever was written afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import lancedb
+import pyarrow as pa
+
+from schemas.records import DATA_TABLES, TABLE_KEYS, TABLE_MODELS, Snapshot
+
+DEFAULT_DB_ENV = "SHOPSEARCH_DB"
+DEFAULT_DB = "data/lancedb"
+SNAPSHOT_TAG_PREFIX = "snapshot-"
+
+
+class StoreError(ValueError):
+    """A store request that cannot be served (unknown table, snapshot or version)."""
+
+
+def default_db_uri() -> str:
+    """The embedded default store: $SHOPSEARCH_DB, else ./data/lancedb."""
+    return os.environ.get(DEFAULT_DB_ENV, DEFAULT_DB)
+
+
+def utcnow() -> datetime:
+    """Naive UTC timestamp (Arrow `timestamp[us]` without zone, as the schemas declare)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def schema_of(table: str) -> pa.Schema:
+    """Arrow schema of a platform table, from its pydantic record."""
+    if table not in TABLE_MODELS:
+        raise StoreError(f"unknown table {table!r}; known tables: {', '.join(TABLE_MODELS)}")
+    return TABLE_MODELS[table].to_arrow_schema()
+
+
+def conform(data: pa.Table, table: str) -> pa.Table:
+    """Select and cast `data`'s columns to the table schema (missing nullable columns -> null)."""
+    schema = schema_of(table)
+    columns = []
+    for field in schema:
+        if field.name in data.column_names:
+            columns.append(data.column(field.name).cast(field.type))
+        elif field.nullable:
+            columns.append(pa.nulls(len(data), field.type))
+        else:
+            raise StoreError(f"table {table!r}: column {field.name!r} is required but missing")
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def rows_to_arrow(rows: Iterable[dict[str, Any]], table: str) -> pa.Table:
+    """Validate plain dict rows through the table's pydantic model and build an Arrow table."""
+    model = TABLE_MODELS[table]
+    dumped = [model(**row).model_dump() for row in rows]
+    return pa.Table.from_pylist(dumped, schema=schema_of(table))
+
+
+@dataclass
+class WriteStats:
+    """What one write did to a table."""
+
+    table: str
+    inserted: int
+    updated: int
+    version: int
+
+
+class Store:
+    """A LanceDB database holding the platform's tables (local folder or s3://, gs:// URI)."""
+
+    def __init__(self, uri: Optional[str] = None, storage_options: Optional[dict[str, str]] = None):
+        self.uri = str(uri or default_db_uri())
+        if "://" not in self.uri:
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+        self.storage_options = storage_options
+        self.db = lancedb.connect(self.uri, storage_options=storage_options)
+
+    # -- tables -------------------------------------------------------------------------
+    def table_names(self) -> list[str]:
+        """Names of the tables that exist in this store."""
+        names: list[str] = []
+        token = None
+        while True:
+            page = self.db.list_tables(page_token=token)
+            names.extend(page.tables)
+            token = page.page_token
+            if not token:
+                return sorted(names)
+
+    def exists(self, table: str) -> bool:
+        return table in self.table_names()
+
+    def table(self, name: str):
+        """Open a platform table, creating it empty with its schema on first use."""
+        schema = schema_of(name)
+        if self.exists(name):
+            return self.db.open_table(name)
+        return self.db.create_table(name, schema=schema, exist_ok=True)
+
+    def upsert(self, name: str, data: pa.Table, insert_only: bool = False) -> WriteStats:
+        """Insert new keys and overwrite existing ones (latest wins), in one commit.
+
+        `insert_only` keeps existing rows untouched (used for immutable events). Source keys
+        must be unique: callers de-duplicate first, so the ambiguity never reaches LanceDB.
+        """
+        tbl = self.table(name)
+        data = conform(data, name)
+        builder = tbl.merge_insert(TABLE_KEYS[name])
+        if not insert_only:
+            builder = builder.when_matched_update_all()
+        result = builder.when_not_matched_insert_all().execute(data)
+        return WriteStats(name, result.num_inserted_rows, result.num_updated_rows, result.version)
+
+    def delete(self, name: str, where: str) -> int:
+        """Delete rows matching a SQL predicate; returns the new version."""
+        tbl = self.table(name)
+        tbl.delete(where)
+        return tbl.version
+
+    def read(self, name: str, version: Optional[int | str] = None, columns: Optional[list[str]] = None,
+             where: Optional[str] = None) -> pa.Table:
+        """Read a table (at a version number or tag) as Arrow; an absent table reads empty."""
+        if not self.exists(name):
+            if version not in (None, 0):
+                raise StoreError(f"table {name!r} does not exist in {self.uri}, so version {version} cannot be read")
+            empty = schema_of(name).empty_table()
+            return empty.select(columns) if columns else empty
+        tbl = self.db.open_table(name)
+        if version is not None:
+            if version == 0:
+                empty = schema_of(name).empty_table()
+                return empty.select(columns) if columns else empty
+            try:
+                tbl.checkout(version)
+            except Exception as exc:  # lancedb raises ValueError/RuntimeError by backend
+                raise StoreError(f"table {name!r} has no version {version!r}: {exc}") from exc
+        query = tbl.search()
+        if where:
+            query = query.where(where)
+        if columns:
+            query = query.select(columns)
+        return query.limit(None).to_arrow() if where or columns else tbl.to_arrow()
+
+    def count(self, name: str, version: Optional[int | str] = None) -> int:
+        return self.read(name, version=version, columns=[TABLE_KEYS[name][0]]).num_rows
+
+    def version(self, name: str) -> int:
+        """Current version of a table; 0 for a table never written."""
+        return self.db.open_table(name).version if self.exists(name) else 0
+
+    def versions(self, tables: Iterable[str] = DATA_TABLES) -> dict[str, int]:
+        return {t: self.version(t) for t in tables}
+
+    # -- snapshots ------------------------------------------------------------------------
+    def create_snapshot(self, name: str, note: str = "", report: Optional[dict] = None) -> Snapshot:
+        """Pin the current version of every data table under `name` (tags + a snapshots row)."""
+        if not name or any(c in name for c in " /\\'\""):
+            raise StoreError(f"snapshot name {name!r} must be non-empty without spaces, quotes or slashes")
+        if self.find_snapshot(name) is not None:
+            raise StoreError(f"snapshot {name!r} already exists; snapshots are immutable, pick a new name")
+        versions = {}
+        for t in DATA_TABLES:
+            tbl = self.table(t)  # create empty tables so every snapshot pins every table
+            versions[t] = tbl.version
+            tbl.tags.create(SNAPSHOT_TAG_PREFIX + name, tbl.version)
+        snap = Snapshot(name=name, versions=json.dumps(versions), note=note,
+                        report=json.dumps(report or {}, default=str), created_at=utcnow())
+        self.upsert("snapshots", rows_to_arrow([snap.model_dump()], "snapshots"))
+        return snap
+
+    def set_snapshot_report(self, name: str, report: dict) -> None:
+        snap = self.get_snapshot(name)
+        snap.report = json.dumps(report, default=str)
+        self.upsert("snapshots", rows_to_arrow([snap.model_dump()], "snapshots"))
+
+    def find_snapshot(self, name: str) -> Optional[Snapshot]:
+        rows = self.read("snapshots").to_pylist()
+        for row in rows:
+            if row["name"] == name:
+                return Snapshot(**row)
+        return None
+
+    def get_snapshot(self, name: str) -> Snapshot:
+        snap = self.find_snapshot(name)
+        if snap is None:
+            known = [s.name for s in self.list_snapshots()]
+            raise StoreError(f"snapshot {name!r} not found in {self.uri}; known snapshots: {known or 'none'}")
+        return snap
+
+    def list_snapshots(self) -> list[Snapshot]:
+        """All snapshots, oldest first."""
+        return sorted((Snapshot(**r) for r in self.read("snapshots").to_pylist()), key=lambda s: s.created_at)
+
+    def snapshot_versions(self, name: str) -> dict[str, int]:
+        return json.loads(self.get_snapshot(name).versions)
+
+    def read_snapshot(self, name: str, table: str, columns: Optional[list[str]] = None) -> pa.Table:
+        """Read `table` exactly as it was when snapshot `name` was taken."""
+        versions = self.snapshot_versions(name)
+        if table not in versions:
+            raise StoreError(f"snapshot {name!r} does not pin table {table!r}; it pins {sorted(versions)}")
+        return self.read(table, version=versions[table], columns=columns)

@@ -1,0 +1,1 @@
+"""Every contract of the platform: table records, job configs and results, API models."""

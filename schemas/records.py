@@ -1,0 +1,212 @@
+"""Table records of the data platform.
+
+Each class is at once the pydantic contract, the Arrow schema of its LanceDB table
+(`Model.to_arrow_schema()`) and the typed row read back. Keys used for upserts are
+declared in `TABLE_KEYS`; free-form attributes are a JSON object in a string column so
+that every shop's own attributes fit one schema.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+from lancedb.pydantic import LanceModel
+from pydantic import field_validator
+
+
+def _one_of(allowed: tuple[str, ...], name: str):
+    """A validator restricting a str column to a closed vocabulary (Arrow has no enum type)."""
+
+    def check(cls, value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+
+    return field_validator(name)(classmethod(check))
+
+# Label standards (docs/labelling.md describes each class and entity type).
+INTENTS: tuple[str, ...] = (
+    "product_search",
+    "brand_query",
+    "price_comparison",
+    "review_lookup",
+    "order_support",
+    "out_of_scope",
+)
+ENTITY_TYPES: tuple[str, ...] = ("brand", "category", "product", "colour", "size", "price_range")
+ESCI_GRADES: tuple[str, ...] = ("E", "S", "C", "I")
+ESCI_GAIN: dict[str, int] = {"E": 3, "S": 2, "C": 1, "I": 0}
+EVENT_TYPES: tuple[str, ...] = ("impression", "click", "add_to_cart", "purchase")
+LABEL_TASKS: tuple[str, ...] = ("intent", "entity", "relevance")
+LABEL_SOURCES: tuple[str, ...] = ("rule", "behaviour", "human", "model")
+# Higher wins when two sources label the same target and task.
+SOURCE_PRIORITY: dict[str, int] = {"model": 0, "rule": 1, "behaviour": 2, "human": 3}
+SPLITS: tuple[str, ...] = ("", "train", "validation", "test")
+
+
+class Product(LanceModel):
+    """A catalogue item."""
+
+    product_id: str
+    title: str
+    description: str = ""
+    brand: str = ""
+    category_path: list[str] = []
+    attributes: str = "{}"  # JSON object of attribute name -> value
+    price: Optional[float] = None
+    currency: str = "USD"
+    rating: Optional[float] = None
+    rating_count: Optional[int] = None
+    stock: Optional[int] = None
+    image_url: str = ""
+    locale: str = "us"
+    source: str = ""
+    missing_fields: list[str] = []  # fields that were empty and filled with a default
+    updated_at: datetime
+
+
+class Query(LanceModel):
+    """A search query (or any utterance to be understood)."""
+
+    query_id: str
+    text: str
+    locale: str = "us"
+    split: str = ""  # "", train, validation or test: fixed at ingest so splits never leak
+    dataset: str = ""
+    updated_at: datetime
+
+
+class User(LanceModel):
+    """A shopper; `user_id` is always the keyed pseudonym, never the shop's raw id."""
+
+    user_id: str
+    locale: str = "us"
+    segment: str = ""
+    signup_at: Optional[datetime] = None
+    updated_at: datetime
+
+
+class Event(LanceModel):
+    """One behaviour event: impression, click, add_to_cart or purchase."""
+
+    event_id: str
+    event_type: str  # one of EVENT_TYPES
+    user_id: str  # pseudonymised
+    session_id: str = ""
+    query_id: str = ""
+    product_id: str
+    position: Optional[int] = None  # 1-based rank where the product was shown
+    timestamp: datetime
+    device: str = ""
+    locale: str = "us"
+
+    _check_type = _one_of(EVENT_TYPES, "event_type")
+
+
+class Judgment(LanceModel):
+    """A human relevance judgment of a product for a query."""
+
+    query_id: str
+    product_id: str
+    grade: str  # one of ESCI_GRADES
+    gain: int
+    split: str = ""
+    source: str = ""
+    updated_at: datetime
+
+    _check_grade = _one_of(ESCI_GRADES, "grade")
+
+
+class EntitySpan(LanceModel):
+    """A labelled entity: character offsets into the query text, end exclusive."""
+
+    start: int
+    end: int
+    type: str
+    text: str = ""
+
+
+class Label(LanceModel):
+    """A label of one task on one target, with where it came from."""
+
+    label_id: str
+    target_type: str  # "query" or "query_product"
+    target_id: str  # query_id, or "query_id::product_id"
+    task: str  # one of LABEL_TASKS
+    value: str = ""  # intent class or relevance grade; "" for entity labels
+    spans: list[EntitySpan] = []
+    source: str  # one of LABEL_SOURCES
+    confidence: float = 1.0
+    annotator: str = ""  # rule name, model version or person
+    created_at: datetime
+
+    _check_target = _one_of(("query", "query_product"), "target_type")
+    _check_task = _one_of(LABEL_TASKS, "task")
+    _check_source = _one_of(LABEL_SOURCES, "source")
+
+
+class QuarantineRecord(LanceModel):
+    """A row that failed cleaning or validation, kept whole with the reason."""
+
+    quarantine_id: str
+    table: str
+    source: str  # file or URI the row came from
+    row_number: int  # 1-based line or row number in that source
+    raw: str  # the row exactly as read (bytes decoded with replacement where broken)
+    reason: str
+    field: str = ""
+    run_id: str
+    created_at: datetime
+
+
+class IngestRun(LanceModel):
+    """The ledger of one ingest into one table: rows in = accepted + quarantined + duplicates."""
+
+    run_id: str
+    table: str
+    source: str
+    read: int
+    accepted: int
+    quarantined: int
+    duplicates: int
+    inserted: int
+    updated: int
+    version: int
+    started_at: datetime
+    finished_at: datetime
+
+
+class Snapshot(LanceModel):
+    """A named, readable-later set of table versions."""
+
+    name: str
+    versions: str  # JSON object table -> version
+    note: str = ""
+    report: str = "{}"  # JSON data-quality report taken with the snapshot
+    created_at: datetime
+
+
+TABLE_MODELS: dict[str, type[LanceModel]] = {
+    "products": Product,
+    "queries": Query,
+    "users": User,
+    "events": Event,
+    "judgments": Judgment,
+    "labels": Label,
+    "quarantine": QuarantineRecord,
+    "ingest_runs": IngestRun,
+    "snapshots": Snapshot,
+}
+TABLE_KEYS: dict[str, list[str]] = {
+    "products": ["product_id"],
+    "queries": ["query_id"],
+    "users": ["user_id"],
+    "events": ["event_id"],
+    "judgments": ["query_id", "product_id"],
+    "labels": ["label_id"],
+    "quarantine": ["quarantine_id"],
+    "ingest_runs": ["run_id"],
+    "snapshots": ["name"],
+}
+# Tables holding the shop's data (what a snapshot pins); the rest is bookkeeping.
+DATA_TABLES: tuple[str, ...] = ("products", "queries", "users", "events", "judgments", "labels", "quarantine")

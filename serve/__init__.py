@@ -1,0 +1,1 @@
+"""Ray Serve deployments and the app that composes them."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: one session-scoped local Ray with a fixed num_cpus, tiny stores under tmp_path."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SHOPSEARCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+os.environ.setdefault("SHOPSEARCH_PSEUDONYM_KEY", "test-key-not-secret")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray started once for the whole test session (num_cpus fixed at 2)."""
+    import ray
+
+    from ray_app.runtime import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(num_cpus=2, quiet=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty LanceDB store in a temporary folder."""
+    from ray_app.store import Store
+
+    return Store(str(tmp_path / "db"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,1 @@
+"""Ray Tune hyperparameter search over the training function."""
