@@ -64,7 +64,7 @@ def run(config: IngestConfig) -> IngestResult:
         try:
             stats = ingest_table(store, src.table, src.paths, ctx, mapping=src.mapping or config.map,
                                  transform=src.transform, forced_format=config.format, block_rows=config.block_rows,
-                                 source_label=config.path)
+                                 source_label=config.path, encoding=config.encoding)
         except Exception as exc:  # Ray wraps worker errors; report the root cause, not a traceback
             cause = exc
             while getattr(cause, "__cause__", None) is not None:

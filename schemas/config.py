@@ -38,6 +38,7 @@ class IngestConfig(JobConfig):
         None, description="target table (generic source; ESCI and SNIPS fill their own tables)")
     map: dict[str, str] = Field(default_factory=dict, description="column renames SRC=DST applied before validation")
     format: Optional[Literal["csv", "jsonl", "parquet"]] = Field(None, description="input format; default from the file extension")
+    encoding: Optional[str] = Field(None, description="text encoding of legacy files, e.g. latin-1 (default: strict UTF-8; undecodable rows are quarantined)")
     pseudonym_key: Optional[str] = Field(None, description="key for hashing user ids (default $SHOPSEARCH_PSEUDONYM_KEY, else a development key with a warning)")
     max_field_chars: int = Field(100_000, ge=100, description="text fields longer than this are quarantined")
     split: Optional[str] = Field(None, description="force the split of ingested queries/judgments (train/validation/test)")

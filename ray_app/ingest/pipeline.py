@@ -41,10 +41,11 @@ def staging_schema(table: str) -> pa.Schema:
     return pa.schema([f.with_nullable(True) for f in schema_of(table)] + META_FIELDS)
 
 
-def _parse_batch(batch: pa.Table, forced_format: Optional[str], transform: Optional[Transform]) -> pa.Table:
+def _parse_batch(batch: pa.Table, forced_format: Optional[str], transform: Optional[Transform],
+                 encoding: Optional[str]) -> pa.Table:
     rows: list[dict[str, Any]] = []
     for path, payload in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist()):
-        for raw in parse_file(path, payload, forced_format):
+        for raw in parse_file(path, payload, forced_format, encoding):
             if transform is None or raw["_error"]:
                 rows.append({**raw, "_sub": 0})
                 continue
@@ -85,7 +86,7 @@ def _dedup_latest(ok: pa.Table, keys: list[str]) -> tuple[pa.Table, int]:
     ok = ok.sort_by([("_source", "ascending"), ("_row", "ascending"), ("_sub", "ascending")])
     ok = ok.append_column("_pos", pa.array(range(ok.num_rows), pa.int64()))
     last = ok.group_by(keys).aggregate([("_pos", "max")]).column("_pos_max")
-    kept = ok.take(pc.sort_indices(last))
+    kept = ok.take(pc.take(last, pc.sort_indices(last)))  # the last position of each key, in read order
     return kept.drop_columns(["_pos"]), ok.num_rows - kept.num_rows
 
 
@@ -98,7 +99,7 @@ def reason_kind(field: str, reason: str) -> str:
 
 def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, mapping: Optional[dict[str, str]] = None,
                  transform: Optional[Transform] = None, forced_format: Optional[str] = None, block_rows: int = 20_000,
-                 source_label: str = "") -> TableIngestStats:
+                 source_label: str = "", encoding: Optional[str] = None) -> TableIngestStats:
     """Run the pipeline for one table; returns the ledger entry it wrote."""
     started = utcnow()
     run_id = uuid.uuid4().hex[:16]
@@ -107,7 +108,7 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
     _remove(staging_root)  # leftovers of a crashed run: never merged, safe to drop
     ds = ray.data.read_binary_files(paths, include_paths=True, file_extensions=FILE_EXTENSIONS)
     ds = ds.map_batches(_parse_batch, batch_format="pyarrow", batch_size=1,
-                        fn_kwargs={"forced_format": forced_format, "transform": transform})
+                        fn_kwargs={"forced_format": forced_format, "transform": transform, "encoding": encoding})
     ds = ds.repartition(target_num_rows_per_block=block_rows)
     ds = ds.map_batches(_clean_batch, batch_format="pyarrow", batch_size=None,
                         fn_kwargs={"table": table, "ctx_kwargs": ctx_kwargs, "mapping": mapping or {}})

@@ -48,21 +48,21 @@ def _split_lines(payload: bytes) -> list[bytes]:
     return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
 
 
-def _decode_lines(lines: list[bytes]) -> tuple[list[Optional[str]], str]:
-    """Strict UTF-8 per line. A file whose every non-ASCII line fails is a legacy-encoded
-    file (Windows-1252/Latin-1): decode it whole that way instead of quarantining it."""
-    decoded: list[Optional[str]] = []
-    failures = successes = 0
-    for ln in lines:
-        text = decode_utf8(ln)
-        decoded.append(text)
-        if text is None:
-            failures += 1
-        elif not ln.isascii():
-            successes += 1
-    if failures >= 2 and successes == 0:
-        return [_decode_legacy(ln) for ln in lines], "legacy"
-    return decoded, "utf-8"
+def _decode_lines(lines: list[bytes], encoding: Optional[str] = None) -> tuple[list[Optional[str]], str]:
+    """Strict UTF-8 per line (or the declared legacy `encoding`); None marks a broken line.
+
+    There is no guessing: a Latin-1 byte in a UTF-8 file is a broken row and is quarantined;
+    a whole file in a legacy encoding is read with `--encoding latin-1` (or cp1252...).
+    """
+    if encoding and encoding.lower().replace("-", "") not in ("utf8", "utf8sig"):
+        out: list[Optional[str]] = []
+        for ln in lines:
+            try:
+                out.append(ln.decode(encoding))
+            except UnicodeDecodeError:
+                out.append(None)
+        return out, encoding
+    return [decode_utf8(ln) for ln in lines], "utf-8"
 
 
 def decode_utf8(data: bytes) -> Optional[str]:
@@ -79,17 +79,9 @@ def decode_utf8(data: bytes) -> Optional[str]:
         return None
 
 
-def _decode_legacy(data: bytes) -> str:
-    """Windows-1252 where every byte is defined, else Latin-1 (which maps every byte)."""
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def parse_jsonl(source: str, payload: bytes) -> Iterator[dict[str, Any]]:
+def parse_jsonl(source: str, payload: bytes, encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:
     lines = _split_lines(payload)
-    decoded, _ = _decode_lines(lines)
+    decoded, _ = _decode_lines(lines, encoding)
     for i, (raw_bytes, text) in enumerate(zip(lines, decoded), start=1):
         if text is None:
             bad = raw_bytes.decode("utf-8", errors="replace")
@@ -112,9 +104,9 @@ def parse_jsonl(source: str, payload: bytes) -> Iterator[dict[str, Any]]:
         yield raw_row(source, i, text, data)
 
 
-def parse_csv(source: str, payload: bytes, delimiter: str = ",") -> Iterator[dict[str, Any]]:
+def parse_csv(source: str, payload: bytes, delimiter: str = ",", encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:
     lines = _split_lines(payload)
-    decoded, _ = _decode_lines(lines)
+    decoded, _ = _decode_lines(lines, encoding)
     good: list[tuple[int, str]] = []
     for i, (raw_bytes, text) in enumerate(zip(lines, decoded), start=1):
         if text is None:
@@ -131,7 +123,7 @@ def parse_csv(source: str, payload: bytes, delimiter: str = ",") -> Iterator[dic
     header = [h.strip().lstrip("\ufeff") for h in next(csv.reader([header_text], delimiter=delimiter))]
     # Feed the remaining lines through one csv reader so quoted newlines work; map back to line numbers.
     numbers = [n for n, _ in good[1:]]
-    reader = csv.reader((t for _, t in good[1:]), delimiter=delimiter)
+    reader = csv.reader((t + "\n" for _, t in good[1:]), delimiter=delimiter)
     texts = [t for _, t in good[1:]]
     consumed = 0
     for fields in reader:
@@ -149,15 +141,15 @@ def parse_csv(source: str, payload: bytes, delimiter: str = ",") -> Iterator[dic
         yield raw_row(source, line_no, raw, dict(zip(header, fields)))
 
 
-def parse_json_document(source: str, payload: bytes) -> Iterator[dict[str, Any]]:
+def parse_json_document(source: str, payload: bytes, encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:
     """A JSON file holding a list of objects (or a JSONL file misnamed .json)."""
     lines = _split_lines(payload)
-    decoded, _ = _decode_lines(lines)
+    decoded, _ = _decode_lines(lines, encoding)
     text = "\n".join(t if t is not None else b.decode("utf-8", errors="replace") for b, t in zip(lines, decoded))
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        yield from parse_jsonl(source, payload)
+        yield from parse_jsonl(source, payload, encoding)
         return
     items = data if isinstance(data, list) else [data]
     for i, item in enumerate(items, start=1):
@@ -174,17 +166,18 @@ def parse_parquet(source: str, payload: bytes) -> Iterator[dict[str, Any]]:
         yield raw_row(source, i, json.dumps(row, ensure_ascii=False, default=str), row)
 
 
-def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None) -> Iterator[dict[str, Any]]:
+def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None,
+               encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:
     """Dispatch on the format; gzip is undone first."""
     if payload[:2] == b"\x1f\x8b":  # Ray's file reader may already have undone .gz
         payload = gzip.decompress(payload)
     fmt = detect_format(path, forced_format)
     if fmt == "jsonl":
-        yield from parse_jsonl(path, payload)
+        yield from parse_jsonl(path, payload, encoding)
     elif fmt == "json":
-        yield from parse_json_document(path, payload)
+        yield from parse_json_document(path, payload, encoding)
     elif fmt == "csv":
-        yield from parse_csv(path, payload, "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ",")
+        yield from parse_csv(path, payload, "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ",", encoding)
     elif fmt == "parquet":
         yield from parse_parquet(path, payload)
     else:
