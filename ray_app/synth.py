@@ -4,7 +4,7 @@ Why: the platform needs end-to-end data whose truth is known, so that weak label
 and rankers can be checked against it. Behaviour follows a position-biased click model,
 P(click) = (1/position) * attractiveness, where attractiveness grows with a hidden true relevance
 (brand, category, model, colour, size and price fit) and the user's latent taste, so relevance
-derived from clicks is meaningful. Everything draws from `numpy.random.default_rng([seed, stream])`
+derived from clicks is meaningful. Everything draws from `rng_for(seed, stream)`
 and a fixed epoch (no clock): the same seed writes the same bytes. Vocabulary, products and
 query templates live in ray_app/synth_catalog.py.
 """
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from ray_app.synth_catalog import (CATEGORIES, EPOCH, SHOPPABLE, Catalogue, QueryRow, build_vocab, make_catalogue,
-                                   make_queries, split_of)
+                                   make_queries, rng_for, split_of)
 from schemas.config import GenerateConfig
 from schemas.records import EVENT_TYPES
 
@@ -55,7 +55,7 @@ def label_lines(rows: list[QueryRow], annotator: str, human: bool = False,
 
 def human_subset(rows: list[QueryRow], fraction: float, seed: int) -> tuple[list[QueryRow], frozenset[str]]:
     """A fixed `fraction` of queries, and the ~5% of those (subtle ones only) the annotator reads differently."""
-    rng = np.random.default_rng([seed, 5])
+    rng = rng_for(seed, 5)
     k = int(round(fraction * len(rows)))
     chosen = sorted(rng.permutation(len(rows))[:k].tolist())
     subset = [rows[i] for i in chosen]
@@ -80,7 +80,7 @@ class Users:
 
 def make_users(n: int, seed: int, n_brands: int) -> Users:
     """`n` users with latent preferences; the segment is derived from them so it carries signal."""
-    rng = np.random.default_rng([seed, 6])
+    rng = rng_for(seed, 6)
     catpref = rng.dirichlet(np.full(len(CATEGORIES), 0.4), n)
     brand_aff = rng.normal(0, 0.8, (n, n_brands)) * (rng.random((n, n_brands)) < 0.25)
     price_sens, activity = rng.beta(2, 2, n), rng.lognormal(0, 1, n)
@@ -125,7 +125,8 @@ def _result_lists(rng: np.random.Generator, cat: Catalogue, rows: list[QueryRow]
             continue
         rel = true_relevance(m, cat, pool)
         score = rel + rng.normal(0, 0.15, len(pool))
-        top = np.argsort(-score, kind="stable")[:POOL]
+        top = np.argpartition(-score, POOL)[:POOL] if len(pool) > POOL else np.arange(len(pool))
+        top = top[np.argsort(-score[top], kind="stable")]
         pad = POOL - len(top)
         qs.append(qi)
         prods.append(np.pad(pool[top], (0, pad), constant_values=-1))
@@ -192,7 +193,7 @@ def _sessions(rng: np.random.Generator, s_count: int, cat: Catalogue, users: Use
 
 def simulate_events(target: int, seed: int, cat: Catalogue, rows: list[QueryRow], users: Users) -> pa.Table:
     """Exactly `target` events (the last session may be cut short), ordered by time."""
-    rng = np.random.default_rng([seed, 7])
+    rng = rng_for(seed, 7)
     lists = _result_lists(rng, cat, rows)
     q_cat = np.array([rows[q].meta["cat"] for q in lists[0]], dtype=np.int64)
     q_pop = 1.0 / (rng.permutation(len(lists[0])) + 1.0)  # Zipf-like popularity, random which query is top

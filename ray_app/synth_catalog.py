@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,11 @@ from typing import Optional, Union
 import numpy as np
 
 EPOCH = np.datetime64("2026-01-01T00:00:00", "s")  # fixed "now": outputs never read the clock
+
+
+def rng_for(seed: int, stream: int) -> np.random.Generator:
+    """An independent generator per purpose, so adding draws to one file never shifts another."""
+    return np.random.default_rng([seed % 2**64, stream])
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ MODEL_STEMS = ("Glide", "Pulse", "Nova", "Apex", "Stride", "Aero", "Vector", "Su
                "Zen", "Orbit", "Vista", "Edge", "Core", "Spark", "Peak", "Wave", "Drift", "Atlas")
 MODEL_TAILS = ("2", "3", "4", "5", "7", "9", "Pro", "Max", "Lite", "Plus", "X", "Air")
 MODELS_PER_BRAND = 6
-CAT_WEIGHTS = np.array([0.16, 0.12, 0.12, 0.13, 0.15, 0.12, 0.10, 0.10])
+CAT_WEIGHTS = (0.16, 0.12, 0.12, 0.13, 0.15, 0.12, 0.10, 0.10)  # share of products and queries
 
 
 @dataclass
@@ -89,7 +96,7 @@ class Vocab:
 
 def build_vocab(seed: int) -> Vocab:
     """Model names differ by seed; brands, colours and sizes are fixed."""
-    rng = np.random.default_rng([seed, 1])
+    rng = rng_for(seed, 1)
     brands = sorted({b for c in CATEGORIES for b in c.brands})
     colours = sorted({x for c in CATEGORIES for x in c.colours})
     sizes = sorted({x for c in CATEGORIES for x in c.sizes})
@@ -139,8 +146,8 @@ def _pick(rng: np.random.Generator, cat: np.ndarray, options: list[np.ndarray], 
 def make_catalogue(n: int, seed: int, vocab: Vocab | None = None, messy: bool = True) -> Catalogue:
     """Draw `n` unique products; with `messy`, ~0.5% re-appear later with a new price, ~0.2% lack a title."""
     vocab = vocab or build_vocab(seed)
-    rng = np.random.default_rng([seed, 2])
-    cat = rng.choice(len(CATEGORIES), n, p=CAT_WEIGHTS / CAT_WEIGHTS.sum())
+    rng = rng_for(seed, 2)
+    cat = rng.choice(len(CATEGORIES), n, p=np.array(CAT_WEIGHTS) / sum(CAT_WEIGHTS))
     brand = _pick(rng, cat, vocab.cat_brands, skew=0.8)
     model = np.zeros(n, dtype=np.int64)
     for (c, b), m0 in vocab.model_block.items():
@@ -153,7 +160,7 @@ def make_catalogue(n: int, seed: int, vocab: Vocab | None = None, messy: bool = 
     ptype = rng.choice(3, n, p=TYPE_WEIGHTS[3])
     lo = np.array([c.price[0] for c in CATEGORIES])[cat]
     hi = np.array([c.price[1] for c in CATEGORIES])[cat]
-    premium = np.random.default_rng([seed, 3]).uniform(0.8, 1.3, len(vocab.brands))[brand]
+    premium = rng_for(seed, 3).uniform(0.8, 1.3, len(vocab.brands))[brand]
     price = np.clip(np.exp(rng.uniform(np.log(lo), np.log(hi))) * premium, 1, None)
     price = np.round(np.floor(price) + 0.99, 2)
     price[rng.random(n) < 0.02] = np.nan
@@ -164,7 +171,7 @@ def make_catalogue(n: int, seed: int, vocab: Vocab | None = None, messy: bool = 
     valid = ~((rng.random(n) < 0.002) & messy)
     width = max(6, len(str(n)))
     pids = [f"P{i:0{width}d}" for i in range(1, n + 1)]
-    lines, titles = [], []
+    lines = []
     for i in range(n):
         c = CATEGORIES[cat[i]]
         b, m, col, sz = vocab.brands[brand[i]], vocab.models[model[i]], vocab.colours[colour[i]], vocab.sizes[size[i]]
@@ -187,7 +194,8 @@ def make_catalogue(n: int, seed: int, vocab: Vocab | None = None, messy: bool = 
     for i in dups:  # the shop re-exported these later with a new price: "latest wins" at ingest
         row = json.loads(lines[i])
         old = row["price"] if row["price"] is not None else float(lo[i])
-        row["price"] = round(float(np.floor(old * rng.uniform(0.7, 1.1))) + 0.99, 2)
+        new = round(float(np.floor(old * rng.uniform(0.7, 1.1))) + 0.99, 2)
+        row["price"] = new if new != row["price"] else new + 1.0
         price[i] = row["price"]
         lines.append(json.dumps(row))
     median = np.array([np.nanmedian(price[cat == c]) if np.any(~np.isnan(price[cat == c])) else np.mean(c_.price)
@@ -270,17 +278,17 @@ class QueryRow:
     meta: dict = field(default_factory=dict)  # cat, brand, brand2, model, colour, size, price_max
 
 
-def _price_phrase(rng: np.random.Generator, lo: float, hi: float) -> tuple[str, float]:
-    x = float(np.round(np.exp(rng.uniform(np.log(lo * 1.2), np.log(hi * 0.6))), -1 if hi < 1000 else -2)) or 10.0
-    form = int(rng.integers(0, 4))
+def _price_phrase(rnd: random.Random, lo: float, hi: float) -> tuple[str, float]:
+    x = float(round(math.exp(rnd.uniform(math.log(lo * 1.2), math.log(hi * 0.6))), -1 if hi < 1000 else -2)) or 10.0
+    form = rnd.randrange(4)
     if form == 3:
         return f"between ${int(x // 2)} and ${int(x)}", x
     return (f"under ${int(x)}", f"below ${int(x)}", f"less than {int(x)} dollars")[form], x
 
 
-def _fill(rng: np.random.Generator, template: str, vocab: Vocab) -> Optional[tuple[str, list[dict], dict]]:
+def _fill(rnd: random.Random, template: str, vocab: Vocab) -> Optional[tuple[str, list[dict], dict]]:
     """Fill one template; None where it does not fit the drawn category (e.g. a size for headphones)."""
-    ci = int(rng.choice(len(CATEGORIES), p=CAT_WEIGHTS / CAT_WEIGHTS.sum()))
+    ci = rnd.choices(range(len(CATEGORIES)), CAT_WEIGHTS)[0]
     cat = CATEGORIES[ci]
     slots = set(SLOT.findall(template))
     if ("size" in slots and cat.sizes == ("one size",)) or ("gender" in slots and "category" in slots and not cat.size_word):
@@ -288,17 +296,16 @@ def _fill(rng: np.random.Generator, template: str, vocab: Vocab) -> Optional[tup
     if "size {size}" in template and not cat.size_word or ("{category} {size}" in template and cat.size_word):
         return None
     bids = vocab.cat_brands[ci]
-    b, b2 = rng.choice(len(bids), 2, replace=False)
-    model = vocab.model_block[(ci, int(bids[b]))] + int(rng.integers(0, 6))
+    b, b2 = rnd.sample(range(len(bids)), 2)
+    model = vocab.model_block[(ci, int(bids[b]))] + rnd.randrange(MODELS_PER_BRAND)
     values = {"brand": vocab.brands[bids[b]], "brand2": vocab.brands[bids[b2]], "product": vocab.models[model],
-              "category": cat.types[int(rng.choice(len(cat.types), p=TYPE_WEIGHTS[len(cat.types)]))],
-              "colour": cat.colours[int(rng.integers(len(cat.colours)))], "size": cat.sizes[int(rng.integers(len(cat.sizes)))],
-              "feature": cat.features[int(rng.integers(len(cat.features)))], "num": str(int(rng.integers(10000, 1000000)))}
-    price_max = np.inf
+              "category": rnd.choices(cat.types, TYPE_WEIGHTS[len(cat.types)])[0], "colour": rnd.choice(cat.colours),
+              "size": rnd.choice(cat.sizes), "feature": rnd.choice(cat.features), "num": str(rnd.randrange(10000, 1000000))}
+    price_max = math.inf
     if "price" in slots:
-        values["price"], price_max = _price_phrase(rng, *cat.price)
+        values["price"], price_max = _price_phrase(rnd, *cat.price)
     for k, opts in FILLERS.items():
-        values[k] = opts[int(rng.integers(len(opts)))]
+        values[k] = rnd.choice(opts)
     text, spans, pos = "", [], 0
     for m in SLOT.finditer(template):
         text += template[pos:m.start()]
@@ -325,30 +332,29 @@ def split_of(query_id: str) -> str:
 def make_queries(n: int, seed: int, vocab: Vocab) -> list[QueryRow]:
     """`n` queries, distinct ignoring case, with gold intent and entity spans.
 
-    A duplicate is redrawn within the same intent (so intent shares stay near INTENT_WEIGHTS) until
-    that intent's templates run dry; only past 50 draws per query are duplicates let through.
+    A duplicate is redrawn within the same intent, so intent shares stay near INTENT_WEIGHTS until
+    an intent's templates run dry (then it is dropped); if all run dry, duplicates are let through.
     """
-    rng = np.random.default_rng([seed, 4])
-    intents = list(INTENT_WEIGHTS)
-    by_intent = {i: [t for t in TEMPLATES if t[0] == i] for i in intents}
-    weights = {i: np.array([t[1] for t in ts], dtype=float) / sum(t[1] for t in ts) for i, ts in by_intent.items()}
+    rnd = random.Random(f"queries:{seed}")  # scalar draws: far faster than numpy's per call
+    by_intent = {i: [t for t in TEMPLATES if t[0] == i] for i in INTENT_WEIGHTS}
+    live = dict(INTENT_WEIGHTS)
     seen: set[str] = set()
     rows: list[QueryRow] = []
-    width, attempts = max(5, len(str(n))), 0
+    width = max(5, len(str(n)))
     while len(rows) < n:
-        intent = intents[int(rng.choice(len(intents), p=list(INTENT_WEIGHTS.values())))]
+        intent = rnd.choices(list(live), list(live.values()))[0] if live else rnd.choice(list(INTENT_WEIGHTS))
         for _ in range(30):
-            attempts += 1
-            _, _, template, alt = by_intent[intent][int(rng.choice(len(by_intent[intent]), p=weights[intent]))]
+            _, _, template, alt = rnd.choices(by_intent[intent], [t[1] for t in by_intent[intent]])[0]
             filled = None
             while filled is None:  # redraw the category until the template fits it
-                filled = _fill(rng, template, vocab)
+                filled = _fill(rnd, template, vocab)
             text, spans, meta = filled
-            casing = rng.random()  # most shoppers type lower case; some keep brand casing or capitalise
+            casing = rnd.random()  # most shoppers type lower case; some keep brand casing or capitalise
             text = text.lower() if casing < 0.8 else text if casing < 0.9 else text[:1].upper() + text[1:].lower()
-            if text.lower() not in seen or attempts > 50 * n:
+            if text.lower() not in seen or not live:
                 break
         else:
+            live.pop(intent, None)
             continue
         seen.add(text.lower())
         for s in spans:
