@@ -18,7 +18,8 @@ from ray_app.ids import label_id, pair_id
 
 BEHAVIOUR_LABELLER = "behaviour"  # key part of behaviour label ids: one per pair
 MAX_IPW_WEIGHT = 20.0  # propensity floor 0.05: clipped IPW keeps the variance bounded
-HIGH_CTR = 0.3  # debiased CTR at or above this grades a clicked pair S rather than C
+HIGH_CTR = 0.3  # smoothed debiased CTR at or above this grades a clicked pair S rather than C
+PRIOR_CTR = 0.1  # what a pair's CTR is taken to be before it has been shown (smoothing prior)
 GRADE_BASE_CONFIDENCE = {"E": 0.95, "S": 0.8, "C": 0.7, "I": 0.8}
 EVENT_COLUMNS = ["event_type", "query_id", "product_id", "position"]
 
@@ -43,6 +44,12 @@ def debiased_ctr(click_positions: Iterable[Optional[float]], impressions: int, e
     if shown == 0:
         return 0.0
     return min(1.0, sum(ipw_weight(p, eta, max_weight) for p in clicks) / shown)
+
+
+def smoothed_ctr(ipw_clicks: float, shown: int, strength: float, prior: float = PRIOR_CTR) -> float:
+    """Debiased CTR shrunk toward `prior` by `strength` pseudo-impressions, so one lucky click on a
+    pair shown twice is not read as a strong preference; capped at 1."""
+    return min(1.0, (ipw_clicks + prior * strength) / (shown + strength)) if shown + strength > 0 else prior
 
 
 def aggregate_events(events: pa.Table, eta: float, max_weight: float = MAX_IPW_WEIGHT) -> pa.Table:
@@ -94,12 +101,17 @@ def aggregate_events(events: pa.Table, eta: float, max_weight: float = MAX_IPW_W
     })
 
 
-def grade_pair(impressions: int, clicks: int, add_to_carts: int, purchases: int, ctr: float,
+def grade_pair(impressions: int, clicks: int, add_to_carts: int, purchases: int, ipw_clicks: float,
                min_impressions: int, high_ctr: float = HIGH_CTR) -> Optional[tuple[str, float]]:
-    """(ESCI grade, confidence) of one pair, or None when the evidence is too thin to say."""
+    """(ESCI grade, confidence) of one pair, or None when the evidence is too thin to say.
+
+    E: purchased. S: added to cart, or clicked with a smoothed debiased CTR >= high_ctr.
+    C: clicked, CTR below that. I: shown >= min_impressions times, never engaged.
+    """
+    shown = max(impressions, clicks)
     if purchases > 0:
         grade = "E"
-    elif add_to_carts > 0 or (clicks > 0 and ctr >= high_ctr):
+    elif add_to_carts > 0 or (clicks > 0 and smoothed_ctr(ipw_clicks, shown, min_impressions) >= high_ctr):
         grade = "S"
     elif clicks > 0:
         grade = "C"
@@ -107,7 +119,6 @@ def grade_pair(impressions: int, clicks: int, add_to_carts: int, purchases: int,
         grade = "I"
     else:
         return None
-    shown = max(impressions, clicks)
     confidence = GRADE_BASE_CONFIDENCE[grade] * (shown + 1) / (shown + 1 + min_impressions)
     return grade, round(confidence, 4)
 
@@ -119,7 +130,7 @@ def behaviour_label_rows(stats: pa.Table, min_impressions: int, eta: float, crea
     annotator = f"behaviour:ipw(eta={eta:g})"
     for s in stats.to_pylist():
         graded = grade_pair(s["impressions"], s["clicks"], s["add_to_carts"], s["purchases"],
-                            s["debiased_ctr"], min_impressions, high_ctr)
+                            s["ipw_clicks"], min_impressions, high_ctr)
         if graded is None:
             continue
         target = pair_id(s["query_id"], s["product_id"])

@@ -134,9 +134,12 @@ def validate_record(rec: dict[str, Any], ctx: ImportContext) -> Optional[dict[st
     annotator = str(rec.get("annotator") or "").strip() or ctx.default_annotator
     if source in WEAK:  # an exported weak label: untouched -> nothing to do, edited -> a person's label
         stored = ctx.stored.get((target, task, source))
-        if stored is not None and (stored["value"], _spankey(stored["spans"])) == (value, _spankey(spans)):
+        if stored is None:
+            raise LabelLineError(f"no stored {source} {task} label of {target!r} to compare with, so whether it was "
+                                 "reviewed is unknown; set source to human to import it as a person's label")
+        if (stored["value"], _spankey(stored["spans"])) == (value, _spankey(spans)):
             return None
-        if stored is None or annotator == stored["annotator"]:
+        if annotator == stored["annotator"]:
             annotator = ctx.default_annotator
     return dict(label_id=label_id(target, task, "human", annotator), target_type=ttype, target_id=target,
                 task=task, value=value, spans=spans, source="human", confidence=conf, annotator=annotator,
@@ -163,6 +166,8 @@ def label_studio_records(task: dict[str, Any], ctx: ImportContext) -> list[tuple
         return [(0, "task has no 'data' object")]
     qid, pid = str(data.get("query_id") or ""), str(data.get("product_id") or "")
     out: list[Any] = []
+    predicted_spans = any(isinstance(i, dict) and i.get("type") == "labels" for p in task.get("predictions") or []
+                          if isinstance(p, dict) for i in p.get("result") or [])
     for k, ann in enumerate(task.get("annotations") or [], start=1):
         if not isinstance(ann, dict) or ann.get("was_cancelled"):
             continue
@@ -187,12 +192,17 @@ def label_studio_records(task: dict[str, Any], ctx: ImportContext) -> list[tuple
         except (LabelLineError, AttributeError) as exc:
             out.append((k, str(exc) if isinstance(exc, LabelLineError) else f"malformed result item: {exc}"))
             continue
+        marked = ann.get("label_tasks")  # written by our export: exactly which labels this annotation holds
+        marked = set(marked) if isinstance(marked, list) else None
+        first = next(iter(choices.values()), "")
         if pid:
-            recs = [dict(base, task="relevance", target_type="query_product", value=choices.get("relevance", next(iter(choices.values()), "")))]
-        else:  # a submitted annotation reviews the whole task: its span set (maybe empty) is the entity label
-            recs = ([dict(base, task="intent", value=choices.get("intent", next(iter(choices.values()), "")))] if choices else [])
-            recs.append(dict(base, task="entity", spans=spans))
-        out.append((k, recs))
+            recs = [dict(base, task="relevance", target_type="query_product", value=choices.get("relevance", first))]
+        else:
+            recs = [dict(base, task="intent", value=choices.get("intent", first))] if choices and (marked is None or "intent" in marked) else []
+            # no spans means "no entities" when the annotator was shown predicted spans and removed them
+            if (spans or predicted_spans) if marked is None else "entity" in marked:
+                recs.append(dict(base, task="entity", spans=spans))
+        out.append((k, recs if recs else "annotation holds no intent choice and no entity spans"))
     return out
 
 
@@ -303,6 +313,7 @@ def label_studio_tasks(labels: list[dict[str, Any]], weak_resolved: list[dict[st
             rows.sort(key=lambda r: r["task"], reverse=True)  # intent before entity
             task["annotations"].append({"completed_by": who, "created_at": _iso(max(r["created_at"] for r in rows)),
                                         "confidence": rows[0]["confidence"], "was_cancelled": False,
+                                        "label_tasks": sorted({r["task"] for r in rows}),
                                         "result": [item for r in rows for item in _result(r)]})
         tasks.append(task)
     return tasks

@@ -127,6 +127,13 @@ def quality_report(labels: pa.Table, queries: pa.Table, judgments: Optional[pa.T
     coverage["relevance"] = {"pairs": {src: len(per_src["relevance"].get(src, {})) for src in SOURCE_PRIORITY},
                              "resolved_pairs": len(resolved["relevance"]), "queries_with_relevance": share(rel_queries)}
 
+    # the rules run on every query and write no entity label when nothing matched: for agreement and
+    # conflicts that is the rule saying "no spans" (coverage above counts written labels only)
+    if per_src["intent"].get("rule"):
+        rule_entities = per_src["entity"]["rule"]
+        for t in per_src["intent"]["rule"]:
+            rule_entities.setdefault(t, {"task": "entity", "value": "", "spans": [], "source": "rule"})
+
     agreement: dict[str, Any] = {}
     for task in TASKS:
         agreement[task] = {}
@@ -167,15 +174,17 @@ def quality_report(labels: pa.Table, queries: pa.Table, judgments: Optional[pa.T
 
 
 def report_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The few figures worth a line of job output."""
-    ag = report["agreement"]
+    """The few figures worth a line of job output (same top-level names as the full report)."""
+    cov, ag = report["coverage"], report["agreement"]
+    pick = lambda d, keys: {k: d.get(k) for k in keys}  # noqa: E731
     return {
         "queries": report["queries"], "labels": report["labels"], "labels_by_source": report["labels_by_source"],
-        "intent_coverage": report["coverage"]["intent"]["resolved"],
-        "entity_coverage": report["coverage"]["entity"]["resolved_with_spans"],
-        "relevance_pairs": report["coverage"]["relevance"]["resolved_pairs"],
-        "intent_rule_vs_human": {k: ag["intent"]["rule_vs_human"].get(k) for k in ("n", "accuracy", "kappa")},
-        "entity_rule_vs_human_f1": ag["entity"]["rule_vs_human"].get("f1"),
-        "relevance_behaviour_vs_judgments": {k: ag["relevance"]["behaviour_vs_judgments"].get(k) for k in ("n", "accuracy", "kappa")},
+        "coverage": {"intent": cov["intent"]["resolved"], "intent_human": cov["intent"]["human"],
+                     "entity": cov["entity"]["resolved_with_spans"], "entity_human": cov["entity"]["human"],
+                     "relevance_pairs": cov["relevance"]["resolved_pairs"]},
+        "agreement": {"intent_rule_vs_human": pick(ag["intent"]["rule_vs_human"], ("n", "accuracy", "kappa")),
+                      "entity_rule_vs_human": pick(ag["entity"]["rule_vs_human"], ("n", "precision", "recall", "f1")),
+                      "relevance_behaviour_vs_human": pick(ag["relevance"]["behaviour_vs_human"], ("n", "accuracy", "kappa")),
+                      "relevance_behaviour_vs_judgments": pick(ag["relevance"]["behaviour_vs_judgments"], ("n", "accuracy", "kappa"))},
         "conflicts": {task: c["count"] for task, c in report["conflicts"].items()},
     }

@@ -28,9 +28,9 @@ COLOURS = frozenset(
     "copper multicolor multicolour clear transparent".split()
 ) | {"rose gold", "navy blue", "light blue", "dark blue", "sky blue", "dark green", "light grey", "dark grey"}
 # Entity-type precedence when two candidates cover the same characters.
-TYPE_RANK = {"price_range": 0, "size": 1, "brand": 2, "category": 3, "product": 4, "colour": 5}
+TYPE_RANK = {"price_range": 0, "size": 1, "brand": 2, "colour": 3, "category": 4, "product": 5}
 SPAN_CONFIDENCE = {"price_range": 0.9, "size": 0.8, "brand": 0.9, "category": 0.85, "product": 0.7, "colour": 0.8}
-_NUM = r"\d+(?:[.,]\d+)?"
+_NUM = r"\d+(?:[.,/]\d+)?"  # 10, 10.5, 1,299, 1/2
 _CUR = r"(?:\s*(?:dollars?|usd|bucks|\$))"
 PATTERNS: dict[str, list[str]] = {
     "price_range": [
@@ -41,7 +41,8 @@ PATTERNS: dict[str, list[str]] = {
         rf"\${_NUM}", rf"{_NUM}\s*(?:dollars?|usd|bucks)",
     ],
     "size": [
-        rf"size\s*:?\s*(?:{_NUM}|xxs|xs|s|m|l|xl|xxl|xxxl|[2-5]xl|small|medium|large|x-large|xx-large)",
+        # the keyword "size" is a cue, not part of the value: the span is group "v" ("10" in "size 10")
+        rf"size\s*:?\s*(?P<v>{_NUM}|xxs|xs|s|m|l|xl|xxl|xxxl|[2-5]xl|small|medium|large|x-large|xx-large)",
         r"(?:xxs|xs|xl|xxl|xxxl|[2-5]xl|x-large|xx-large)",
         r"(?:king|queen|twin|full|california king)\s+size",
         rf"{_NUM}\s*x\s*{_NUM}(?:\s*(?:inch(?:es)?|cm|mm|ft|\"))?",
@@ -49,19 +50,22 @@ PATTERNS: dict[str, list[str]] = {
     ],
 }
 ORDER_WORDS = frozenset("order orders ordered return returns returning returned refund refunds refunded track "
-                        "tracking delivery deliveries delivered deliver shipment shipped cancel cancelled canceled "
-                        "cancellation exchange invoice receipt parcel".split())
+                        "tracking delivery deliveries delivered deliver shipment shipped shipping cancel cancelled "
+                        "canceled cancellation exchange invoice receipt parcel arrived damaged".split())
 REVIEW_WORDS = frozenset("review reviews reviewed rating ratings rated testimonials opinions".split())
 REVIEW_PHRASES = re.compile(r"\b(?:worth it|worth (?:buying|the money)|any good|pros and cons|good or bad|"
+                            r"(?:people|customers|users) (?:say|think)|best\b.* (?:19|20)\d\d|"
                             r"is (?:the |this |a |an )?.+ (?:good|reliable|legit|durable))\b", re.I)
 PRICE_WORDS = frozenset("cheap cheaper cheapest price prices pricing priced deal deals discount discounts "
                         "discounted sale bargain affordable inexpensive budget coupon coupons clearance vs vs. "
                         "versus compare comparison".split())
-PRICE_LIMIT = re.compile(r"^(?:under|below|less than|cheaper than|up to|max|maximum|within)\b", re.I)
-BRAND_FILLER = frozenset("store stores official site website shop shopping outlet new arrivals arrival "
+BRAND_FILLER = frozenset("store stores official site website shop shopping outlet sale new arrivals arrival "
                          "collection brand online the latest products catalog catalogue".split())
-SHOPPING_WORDS = frozenset("buy men mens men's women womens women's kids boys girls baby gift gifts set "
+SHOPPING_WORDS = frozenset("buy men mens men's women womens women's kids boys girls baby gift gifts "
                            "pack kit accessories".split())
+# Requests for other services: out of scope when no catalogue entity is in the query.
+OTHER_SERVICE = re.compile(r"\b(?:weather|forecast|jokes?|timer|alarm|recipes?|translate|directions|flights?|news|"
+                           r"music|songs?|play|time is it|how to make|who won|score|movie|movies)\b", re.I)
 
 
 def lower_same_length(text: str) -> str:
@@ -101,6 +105,30 @@ def inflections(name: str) -> set[str]:
     return {(head + " " + f).strip() for f in forms}
 
 
+def compound_categories(titles: list[str], brands: list[str], categories: set[str], colours: set[str],
+                        min_products: int = 3, min_brands: int = 2) -> set[str]:
+    """Product types the titles spell as one modifier word + a category name ("rain jacket",
+    "gaming laptop"). A modifier counts only if it precedes a single category name in the whole
+    catalogue: model names ("Air", "Pro") precede many and are left out."""
+    max_len = max((len(c.split()) for c in categories), default=1)
+    seen: dict[tuple[str, str], list] = {}  # (modifier, head without plural s) -> [count, brands, surface head]
+    heads_of: dict[str, set[str]] = {}
+    for title, brand in zip(titles, brands):
+        toks = [t.lower() for t in TOKEN_RE.findall(title or "")]
+        skip = set(TOKEN_RE.findall((brand or "").lower())) | STOPWORDS | colours
+        for j in range(1, len(toks)):
+            head = next((h for n in range(max_len, 0, -1) if (h := " ".join(toks[j:j + n])) in categories), None)
+            mod = toks[j - 1]
+            if head and mod.replace("-", "").isalpha() and mod not in skip:
+                key = (mod, head[:-1] if head.endswith("s") else head)
+                heads_of.setdefault(mod, set()).add(key[1])
+                entry = seen.setdefault(key, [0, set(), head])
+                entry[0] += 1
+                entry[1].add(brand)
+    return {f"{mod} {head}" for (mod, _), (count, who, head) in seen.items()
+            if count >= min_products and len(who) >= min_brands and len(heads_of[mod]) == 1}
+
+
 def build_lexicons(products: pa.Table, max_title_words: int = 50_000) -> dict[str, list[str]]:
     """Brand, category, colour lexicons and the title vocabulary of a products table."""
     cols = set(products.column_names)
@@ -132,9 +160,13 @@ def build_lexicons(products: pa.Table, max_title_words: int = 50_000) -> dict[st
         toks = [t.lower() for t in TOKEN_RE.findall(title or "")]
         seen_colours |= set(toks) | {" ".join(p) for p in zip(toks, toks[1:])}
         words.update(t for t in set(toks) if len(t) > 2 and t.isalpha() and t not in STOPWORDS)
+    colours = COLOURS & seen_colours
+    for _ in range(2):  # a second round finds two-word modifiers: "noise" + "cancelling headphones"
+        for phrase in compound_categories(col("title"), col("brand"), categories, {w for c in colours for w in c.split()}):
+            categories |= inflections(phrase)
     return {
         "brand": sorted(brands), "category": sorted(categories),
-        "colour": sorted(COLOURS & seen_colours),
+        "colour": sorted(colours),
         "title_words": [w for w, _ in words.most_common(max_title_words)],
     }
 
@@ -150,7 +182,7 @@ class RuleMatcher:
                     self.terms[v] = etype
         self.max_tokens = max((len(TOKEN_RE.findall(t)) for t in self.terms), default=1)
         self.title_words = frozenset(lexicons.get("title_words", []))
-        self.patterns = [(etype, re.compile(rf"(?<![\w$])(?:{p})(?!\w)", re.I))
+        self.patterns = [(etype, re.compile(rf"(?<![\w$/.,])(?:{p})(?!\w)", re.I))
                          for etype, pats in PATTERNS.items() for p in pats]
 
     def entities(self, text: str) -> list[dict[str, Any]]:
@@ -166,7 +198,9 @@ class RuleMatcher:
                     cands.append((s, e, etype, f"lexicon:{etype}"))
                     break
         for etype, rx in self.patterns:
-            cands += [(m.start(), m.end(), etype, f"pattern:{etype}") for m in rx.finditer(text)]
+            for m in rx.finditer(text):
+                s, e = m.span("v") if "v" in rx.groupindex else m.span()
+                cands.append((s, e, etype, f"pattern:{etype}"))
         cands.sort(key=lambda c: (-(c[1] - c[0]), c[0], TYPE_RANK[c[2]]))
         taken: list[tuple[int, int, str, str]] = []
         for c in cands:
@@ -184,17 +218,16 @@ class RuleMatcher:
             return "order_support", 0.9 if mine else 0.75, "intent:order_words"
         if wset & REVIEW_WORDS or REVIEW_PHRASES.search(text):
             return "review_lookup", 0.85, "intent:review_words"
-        if (wset & PRICE_WORDS or "vs." in text.lower()
-                or any(s["type"] == "price_range" and PRICE_LIMIT.match(s["text"]) for s in spans)):
-            return "price_comparison", 0.8, "intent:price_words"
         types = {s["type"] for s in spans}
-        if types == {"brand"}:
-            covered = set()
-            for s in spans:
-                covered.update(w.lower() for w in TOKEN_RE.findall(s["text"]))
+        if types == {"brand"}:  # only a brand plus navigation words ("nike outlet", "nike sale")
+            covered = {w.lower() for s in spans for w in TOKEN_RE.findall(s["text"])}
             rest = [w for w in words if w not in covered]
             if all(w in BRAND_FILLER for w in rest):
                 return "brand_query", 0.85 if not rest else 0.8, "intent:brand_only"
+        if wset & PRICE_WORDS or "vs." in text.lower() or "price_range" in types:
+            return "price_comparison", 0.8, "intent:price_words"
+        if not spans and OTHER_SERVICE.search(text):
+            return "out_of_scope", 0.6, "intent:other_service"
         if spans:
             return "product_search", 0.8 if "category" in types else 0.7, "intent:catalogue_entity"
         if wset & self.title_words or wset & SHOPPING_WORDS:
