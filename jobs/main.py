@@ -52,7 +52,7 @@ def run(config: MainConfig) -> MainResult:
     db = config.db or "data/lancedb"
     common = {"db": db, "ray_address": config.ray_address, "num_cpus": config.num_cpus, "quiet": True}
     demo = Path(config.demo_dir)
-    progress = Progress(9)
+    progress = Progress(8)
     init_ray(config.ray_address, config.num_cpus, quiet=True)
     progress.run("generate synthetic shop", lambda: generate.run(GenerateConfig(
         out=str(demo), seed=config.seed, products=config.products, queries=config.queries,
