@@ -20,7 +20,8 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quie
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # "local": always a fresh local Ray, never silently joining a `ray start` cluster on this host
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not quiet
     ctx.print_on_execution_start = False

@@ -1,0 +1,73 @@
+"""List, inspect and promote trained model versions.
+
+  python -m jobs.registry --action list [--task ranker]
+  python -m jobs.registry --action show --name intent_entity@production
+  python -m jobs.registry --action promote --name intent_entity-v3 --alias production
+  python -m jobs.registry --action demote --name intent_entity --alias candidate
+
+Aliases are per task; Serve resolves them with `ray_app.registry.resolve`.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ray_app.cli import JobError, main_wrapper
+
+
+class RegistryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["list", "show", "promote", "demote"] = "list"
+    name: Optional[str] = Field(None, description="version (intent_entity-v3), task@alias, or the task (demote)")
+    alias: Optional[str] = Field(None, description="alias to set (promote) or remove (demote)")
+    task: Optional[str] = Field(None, description="only this task (list)")
+    models_dir: Optional[str] = Field(None, description="registry folder (default $SHOPSEARCH_MODELS or artifacts/models)")
+    quiet: bool = False
+
+
+class RegistryResult(BaseModel):
+    ok: bool = True
+    action: str
+    versions: list[dict[str, Any]] = Field(default_factory=list)
+    aliases: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+
+def _row(v) -> dict[str, Any]:
+    return {"name": v.name, "task": v.task, "base_model": v.base_model, "lora": v.lora, "snapshot": v.snapshot,
+            "metrics": {k: round(x, 4) for k, x in v.metrics.items() if k.startswith("val_")},
+            "aliases": v.aliases, "created_at": v.created_at.isoformat(), "path": v.path}
+
+
+def run(config: RegistryConfig) -> RegistryResult:
+    from ray_app.registry import Registry
+
+    reg = Registry(config.models_dir)
+    if config.action == "list":
+        versions = reg.list(config.task)
+        if not config.quiet:
+            for v in versions:
+                print(f"{v.name:24s} {','.join(v.aliases) or '-':22s} {v.base_model:10s} snapshot={v.snapshot} "
+                      + " ".join(f"{k}={x:.4f}" for k, x in sorted(v.metrics.items()) if k.startswith("val_")))
+        return RegistryResult(action="list", versions=[_row(v) for v in versions], aliases=reg.aliases())
+    if not config.name:
+        raise JobError(f"--action {config.action} needs --name")
+    if config.action == "show":
+        v = reg.resolve(config.name, config.task)
+        return RegistryResult(action="show", versions=[{**_row(v), **v.model_dump(mode="json")}])
+    if not config.alias:
+        raise JobError(f"--action {config.action} needs --alias")
+    if config.action == "promote":
+        v = reg.promote(config.name, config.alias)
+        return RegistryResult(action="promote", versions=[_row(v)], aliases=reg.aliases())
+    reg.demote(config.name, config.alias)
+    return RegistryResult(action="demote", aliases=reg.aliases())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return main_wrapper(run, RegistryConfig, "jobs.registry", __doc__, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Task heads on one shared BERT-family encoder (kept as `.backbone`).
+
+All three heads are plain `nn.Module`s whose own layers are named `*_head`, so LoRA's
+`target_modules` (query, key, value, dense) never wrap them and `modules_to_save` keeps them
+fully trainable. The BERT pooler is dropped: none of the heads uses it, and an unused
+parameter would break DDP's gradient reduction. `head_config()` is everything needed, with the
+base encoder's name, to rebuild the head when a saved model is loaded.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ray_app.models.encoder import mean_pool
+from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_bio
+
+MAX_GAIN = 3.0  # ESCI_GAIN["E"]
+
+
+def _drop_pooler(backbone: nn.Module) -> nn.Module:
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+    return backbone
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class JointIntentEntityModel(nn.Module):
+    """Intent classification from [CLS] + BIO entity tagging per token, one summed loss."""
+
+    task = "intent_entity"
+    head_names = ["intent_head", "tag_head"]
+
+    def __init__(self, backbone: nn.Module, intents: Sequence[str], entity_types: Sequence[str],
+                 dropout: float = 0.1, oos_threshold: float = 0.5, fallback_intent: str = "out_of_scope",
+                 tag_loss_weight: float = 1.0):
+        super().__init__()
+        self.backbone = _drop_pooler(backbone)
+        self.intents, self.entity_types = list(intents), list(entity_types)
+        self.tags = bio_tags(self.entity_types)
+        self.tag_index = {t: i for i, t in enumerate(self.tags)}
+        self.oos_threshold, self.fallback_intent = oos_threshold, fallback_intent
+        self.tag_loss_weight = tag_loss_weight
+        hidden = backbone.config.hidden_size
+        self.dropout = nn.Dropout(dropout)
+        self.intent_head = nn.Linear(hidden, len(self.intents))
+        self.tag_head = nn.Linear(hidden, len(self.tags))
+
+    def head_config(self) -> dict[str, Any]:
+        return {"intents": self.intents, "entity_types": self.entity_types, "dropout": self.dropout.p,
+                "oos_threshold": self.oos_threshold, "fallback_intent": self.fallback_intent,
+                "tag_loss_weight": self.tag_loss_weight}
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, intent_labels=None, tag_labels=None):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state
+        hidden = self.dropout(hidden)
+        intent_logits = self.intent_head(hidden[:, 0])
+        tag_logits = self.tag_head(hidden)
+        out = {"intent_logits": intent_logits, "tag_logits": tag_logits}
+        if intent_labels is not None or tag_labels is not None:
+            # A batch without any label of one kind still touches that head (x0): DDP needs a
+            # gradient for every parameter on every rank, and an all-ignored CE would be NaN.
+            loss = intent_logits.sum() * 0.0 + tag_logits.sum() * 0.0
+            if intent_labels is not None and (intent_labels != IGNORE_INDEX).any():
+                loss = loss + F.cross_entropy(intent_logits.float(), intent_labels, ignore_index=IGNORE_INDEX)
+            if tag_labels is not None and (tag_labels != IGNORE_INDEX).any():
+                loss = loss + self.tag_loss_weight * F.cross_entropy(
+                    tag_logits.float().reshape(-1, len(self.tags)), tag_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+            out["loss"] = loss
+        return out
+
+    @torch.no_grad()
+    def predict(self, texts: Sequence[str], tokenizer, max_length: int = 64, threshold: Optional[float] = None,
+                batch_size: int = 64) -> list[dict[str, Any]]:
+        """Per text: intent (fallback when confidence < threshold), raw_intent, confidence, entities."""
+        threshold = self.oos_threshold if threshold is None else threshold
+        was_training = self.training
+        self.eval()
+        results: list[dict[str, Any]] = []
+        try:
+            for start in range(0, len(texts), batch_size):
+                chunk = [str(t) for t in texts[start:start + batch_size]]
+                enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
+                                return_offsets_mapping=True, return_tensors="pt")
+                inputs = {k: enc[k].to(_device(self)) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+                out = self.forward(**inputs)
+                probs = out["intent_logits"].float().softmax(-1).cpu()
+                tag_ids = out["tag_logits"].argmax(-1).cpu().tolist()
+                for i, text in enumerate(chunk):
+                    conf, idx = probs[i].max(-1)
+                    raw = self.intents[int(idx)]
+                    results.append({
+                        "intent": raw if float(conf) >= threshold else self.fallback_intent,
+                        "raw_intent": raw, "confidence": float(conf),
+                        "entities": decode_bio(text, enc["offset_mapping"][i].tolist(), enc.word_ids(i),
+                                               tag_ids[i], self.tags),
+                    })
+        finally:
+            self.train(was_training)
+        return results
+
+
+def listwise_loss(scores: torch.Tensor, gains: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """ListNet top-one loss: cross-entropy between softmax(gains) and softmax(scores) per query."""
+    losses = []
+    for g in torch.unique(groups):
+        idx = groups == g
+        if idx.sum() < 2:
+            continue
+        target = torch.softmax(gains[idx].float(), dim=0)
+        losses.append(-(target * torch.log_softmax(scores[idx].float(), dim=0)).sum())
+    return torch.stack(losses).mean() if losses else scores.sum() * 0.0
+
+
+def pointwise_loss(scores: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy against graded targets gain / 3 (E=1, S=2/3, C=1/3, I=0)."""
+    return F.binary_cross_entropy_with_logits(scores.float(), gains.float() / MAX_GAIN)
+
+
+class CrossEncoderRanker(nn.Module):
+    """Scores a (query, product text) pair from [CLS]; pointwise or listwise training loss."""
+
+    task = "ranker"
+    head_names = ["score_head"]
+
+    def __init__(self, backbone: nn.Module, loss: str = "listwise", dropout: float = 0.1):
+        super().__init__()
+        if loss not in ("pointwise", "listwise"):
+            raise ValueError(f"ranker loss must be pointwise or listwise, got {loss!r}")
+        self.backbone = _drop_pooler(backbone)
+        self.loss_type = loss
+        self.dropout = nn.Dropout(dropout)
+        self.score_head = nn.Linear(backbone.config.hidden_size, 1)
+
+    def head_config(self) -> dict[str, Any]:
+        return {"loss": self.loss_type, "dropout": self.dropout.p}
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, gains=None, groups=None):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state
+        scores = self.score_head(self.dropout(hidden[:, 0])).squeeze(-1)
+        out = {"scores": scores}
+        if gains is not None:
+            if self.loss_type == "listwise" and groups is not None:
+                out["loss"] = listwise_loss(scores, gains, groups)
+            else:
+                out["loss"] = pointwise_loss(scores, gains)
+        return out
+
+    @torch.no_grad()
+    def score(self, query: str, docs: Sequence[str], tokenizer, max_length: int = 128,
+              batch_size: int = 64) -> list[float]:
+        """Relevance scores (logits) of `docs` for `query`, in input order."""
+        was_training = self.training
+        self.eval()
+        scores: list[float] = []
+        try:
+            for start in range(0, len(docs), batch_size):
+                chunk = [str(d) for d in docs[start:start + batch_size]]
+                enc = tokenizer([query] * len(chunk), chunk, padding=True, truncation="only_second",
+                                max_length=max_length, return_tensors="pt")
+                inputs = {k: v.to(_device(self)) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                scores += self.forward(**inputs)["scores"].float().cpu().tolist()
+        finally:
+            self.train(was_training)
+        return scores
+
+
+class BiEncoder(nn.Module):
+    """Query and product embeddings from one shared encoder; InfoNCE with in-batch negatives."""
+
+    task = "retriever"
+    head_names: list[str] = []
+
+    def __init__(self, backbone: nn.Module, temperature: float = 0.05):
+        super().__init__()
+        self.backbone = _drop_pooler(backbone)
+        self.temperature = temperature
+
+    def head_config(self) -> dict[str, Any]:
+        return {"temperature": self.temperature}
+
+    def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state
+        return F.normalize(mean_pool(hidden.float(), attention_mask), dim=-1)
+
+    def forward(self, q_input_ids, q_attention_mask, d_input_ids, d_attention_mask,
+                n_input_ids=None, n_attention_mask=None, groups=None):
+        """Loss over candidates [positives; hard negatives]; row i's target is positive i.
+
+        `groups` (query ids as ints) masks the other positives of the same query, which would
+        otherwise be counted as in-batch negatives.
+        """
+        q = self.embed(q_input_ids, q_attention_mask)
+        cands = self.embed(d_input_ids, d_attention_mask)
+        if n_input_ids is not None and n_input_ids.shape[0] > 0:
+            cands = torch.cat([cands, self.embed(n_input_ids, n_attention_mask)], dim=0)
+        logits = q @ cands.T / self.temperature
+        n = q.shape[0]
+        if groups is not None:
+            same = groups[:, None] == groups[None, :]
+            same.fill_diagonal_(False)
+            mask = torch.zeros_like(logits, dtype=torch.bool)
+            mask[:, :n] = same
+            logits = logits.masked_fill(mask, torch.finfo(logits.dtype).min)
+        loss = F.cross_entropy(logits, torch.arange(n, device=logits.device))
+        return {"loss": loss, "scores": logits}
+
+
+HEADS: dict[str, type[nn.Module]] = {"intent_entity": JointIntentEntityModel, "ranker": CrossEncoderRanker,
+                                     "retriever": BiEncoder}
+
+
+def build_head(task: str, backbone: nn.Module, head_config: dict[str, Any]) -> nn.Module:
+    """A head of `task` on `backbone` from its saved `head_config()`."""
+    if task not in HEADS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(HEADS)}")
+    return HEADS[task](backbone, **head_config)

@@ -1,0 +1,106 @@
+"""Word-piece alignment between character-offset entity spans and BIO token tags.
+
+Labels live on the first sub-token of each pre-tokenized word (the fast tokenizer's
+`word_ids`); the other sub-tokens and the special tokens get -100 so the loss ignores them.
+Decoding reads the tag of each word's first sub-token and gives back character spans that
+cover whole words (from the word's first to last sub-token offsets), so a span such as
+"t-shirt" (three pre-tokenizer words) survives the round trip exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+IGNORE_INDEX = -100
+
+
+def bio_tags(entity_types: Sequence[str]) -> list[str]:
+    """The tag vocabulary: "O", then B-/I- per entity type in the given order."""
+    tags = ["O"]
+    for t in entity_types:
+        tags += [f"B-{t}", f"I-{t}"]
+    return tags
+
+
+def _span_tuple(span: Any) -> tuple[int, int, str]:
+    if isinstance(span, dict):
+        return int(span["start"]), int(span["end"]), str(span["type"])
+    if hasattr(span, "start"):
+        return int(span.start), int(span.end), str(span.type)
+    return int(span[0]), int(span[1]), str(span[2])
+
+
+def word_extents(offsets: Sequence[Sequence[int]], word_ids: Sequence[Optional[int]]) -> list[tuple[int, int, int]]:
+    """(first_token_index, char_start, char_end) per word, in order, from one encoded sequence."""
+    words: dict[int, list[int]] = {}
+    order: list[int] = []
+    for idx, wid in enumerate(word_ids):
+        if wid is None:
+            continue
+        start, end = int(offsets[idx][0]), int(offsets[idx][1])
+        if wid not in words:
+            words[wid] = [idx, start, end]
+            order.append(wid)
+        else:
+            words[wid][2] = max(words[wid][2], end)
+    return [tuple(words[w]) for w in order]
+
+
+def align_bio(offsets: Sequence[Sequence[int]], word_ids: Sequence[Optional[int]], spans: Sequence[Any],
+              tag_index: dict[str, int]) -> list[int]:
+    """Tag ids per token for one sequence: B/I/O on each word's first sub-token, -100 elsewhere.
+
+    A word belongs to a span when their character ranges overlap; spans of types missing from
+    `tag_index` are ignored, and of overlapping spans the earlier one wins.
+    """
+    spans = sorted((_span_tuple(s) for s in spans), key=lambda s: (s[0], -s[1]))
+    spans = [s for s in spans if f"B-{s[2]}" in tag_index and s[1] > s[0]]
+    labels = [IGNORE_INDEX] * len(word_ids)
+    prev_span = None
+    for first, ws, we in word_extents(offsets, word_ids):
+        hit = next((j for j, (s, e, _) in enumerate(spans) if max(ws, s) < min(we, e)), None)
+        if hit is None:
+            labels[first] = tag_index["O"]
+        else:
+            prefix = "I" if prev_span == hit else "B"
+            labels[first] = tag_index[f"{prefix}-{spans[hit][2]}"]
+        prev_span = hit
+    return labels
+
+
+def encode_with_tags(tokenizer, texts: Sequence[str], spans_per_text: Sequence[Sequence[Any]],
+                     tag_index: dict[str, int], max_length: int = 64) -> dict[str, Any]:
+    """Tokenize a batch (padded) and align BIO tags; returns lists ready for torch.tensor."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("BIO alignment needs a fast tokenizer (offset mapping and word ids)")
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                    return_offsets_mapping=True)
+    tags = []
+    for i, spans in enumerate(spans_per_text):
+        tags.append(align_bio(enc["offset_mapping"][i], enc.word_ids(i), spans, tag_index))
+    out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    out["tag_labels"] = tags
+    return out
+
+
+def decode_bio(text: str, offsets: Sequence[Sequence[int]], word_ids: Sequence[Optional[int]],
+               tag_ids: Sequence[int], id2tag: Sequence[str]) -> list[dict[str, Any]]:
+    """Character spans {start, end, type, text} from per-token tag ids (first sub-token of each word).
+
+    Lenient BIO: an I- tag that does not continue a span of its type starts a new one.
+    """
+    spans: list[dict[str, Any]] = []
+    current: Optional[dict[str, Any]] = None
+    for first, ws, we in word_extents(offsets, word_ids):
+        tag = id2tag[int(tag_ids[first])]
+        if tag == "O":
+            current = None
+            continue
+        prefix, etype = tag.split("-", 1)
+        if prefix == "I" and current is not None and current["type"] == etype:
+            current["end"] = we
+        else:
+            current = {"start": ws, "end": we, "type": etype}
+            spans.append(current)
+    for s in spans:
+        s["text"] = text[s["start"]:s["end"]]
+    return spans

@@ -1,0 +1,210 @@
+"""The model registry: every trained model is a version `<task>-v<n>` with its lineage.
+
+Stored as `registry.json` next to the artifacts in the models dir (default
+$SHOPSEARCH_MODELS or artifacts/models), not as a LanceDB table: the registry must travel
+with the artifact folders it points to (copy one folder to a Serve node and both come along),
+Serve must resolve an alias without opening the data store, and the store's table schemas are
+a shared contract of data tables. Writes hold an fcntl lock and replace the file atomically,
+so concurrent training jobs never hand out the same version. Aliases (production,
+candidate...) are per task: `production` of the ranker and of intent_entity are different
+models; `resolve("intent_entity@production")` names one, a bare alias works when only one
+task has it, and `<task>@latest` is the newest version.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from ray_app.cli import JobError
+from schemas.training import TASKS, ModelVersion
+
+MODELS_DIR_ENV = "SHOPSEARCH_MODELS"
+DEFAULT_MODELS_DIR = "artifacts/models"
+REGISTRY_FILE = "registry.json"
+_NAME = re.compile(r"^(?P<task>[a-z_]+)-v(?P<version>\d+)$")
+
+
+class RegistryError(JobError):
+    """Unknown version or alias, or a bad promotion."""
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get(MODELS_DIR_ENV, DEFAULT_MODELS_DIR))
+
+
+class Registry:
+    """A JSON model registry under `models_dir`."""
+
+    def __init__(self, models_dir: Optional[str | Path] = None):
+        self.root = Path(models_dir or default_models_dir()).expanduser().resolve()
+
+    # -- storage ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".registry.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self._read()
+            yield data
+            tmp = self.root / f".{REGISTRY_FILE}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(data, indent=2, default=str))
+            os.replace(tmp, self.root / REGISTRY_FILE)
+
+    def _read(self) -> dict[str, Any]:
+        path = self.root / REGISTRY_FILE
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data.setdefault("versions", {})
+        data.setdefault("aliases", {})
+        return data
+
+    def _version(self, data: dict[str, Any], name: str) -> ModelVersion:
+        entry = dict(data["versions"][name])
+        entry["path"] = str((self.root / entry["path"]).resolve())
+        entry["aliases"] = sorted(a for a, n in data["aliases"].get(entry["task"], {}).items() if n == name)
+        return ModelVersion(**entry)
+
+    # -- writing ---------------------------------------------------------------------------
+    def add(self, task: str, save: Callable[[Path], dict[str, Any]], **fields: Any) -> ModelVersion:
+        """Allocate `<task>-v<n>`, call `save(folder)` (returns extra fields, e.g. sizes), record it."""
+        if task not in TASKS:
+            raise RegistryError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        with self._locked() as data:
+            taken = [int(m["version"]) for m in data["versions"].values() if m["task"] == task]
+            taken += [int(m.group("version")) for p in self.root.iterdir()
+                      if (m := _NAME.match(p.name)) and m.group("task") == task]
+            version = max(taken, default=0) + 1
+            name = f"{task}-v{version}"
+            folder = self.root / name
+            folder.mkdir(parents=True)
+            try:
+                extra = save(folder) or {}
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            entry = {"name": name, "task": task, "version": version, "path": name,
+                     "created_at": datetime.now(timezone.utc).replace(tzinfo=None).isoformat(), **fields, **extra}
+            ModelVersion(**{**entry, "path": str(folder)})  # validate before recording
+            data["versions"][name] = entry
+        return self.get(name)
+
+    def promote(self, name: str, alias: str) -> ModelVersion:
+        """Point `alias` of the version's task at `name` (moves it if it pointed elsewhere)."""
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_.-]*$", alias) or alias == "latest":
+            raise RegistryError(f"alias {alias!r} must start with a letter, use letters, digits, _ . - and not be 'latest'")
+        with self._locked() as data:
+            if name not in data["versions"]:
+                raise RegistryError(self._unknown(data, name))
+            task = data["versions"][name]["task"]
+            data["aliases"].setdefault(task, {})[alias] = name
+        return self.get(name)
+
+    def demote(self, task: str, alias: str) -> None:
+        with self._locked() as data:
+            data["aliases"].get(task, {}).pop(alias, None)
+
+    # -- reading ---------------------------------------------------------------------------
+    def list(self, task: Optional[str] = None) -> list[ModelVersion]:
+        data = self._read()
+        names = [n for n, m in data["versions"].items() if task in (None, m["task"])]
+        return sorted((self._version(data, n) for n in names), key=lambda m: (m.task, m.version))
+
+    def aliases(self) -> dict[str, dict[str, str]]:
+        return self._read()["aliases"]
+
+    def get(self, name: str) -> ModelVersion:
+        data = self._read()
+        if name not in data["versions"]:
+            raise RegistryError(self._unknown(data, name))
+        return self._version(data, name)
+
+    def resolve(self, name_or_alias: str, task: Optional[str] = None) -> ModelVersion:
+        """A version from its name, `task@alias`, a bare alias (with `task` or unique), or `task@latest`."""
+        data = self._read()
+        key = name_or_alias.strip()
+        if key in data["versions"]:
+            return self._version(data, key)
+        if "@" in key:
+            task, key = key.split("@", 1)
+        if key == "latest":
+            found = [m for m in data["versions"].values() if task in (None, m["task"])]
+            if task is None or not found:
+                raise RegistryError(f"'latest' needs a task with versions (e.g. intent_entity@latest); {self._known(data)}")
+            return self._version(data, max(found, key=lambda m: m["version"])["name"])
+        hits = {t: a[key] for t, a in data["aliases"].items() if key in a and task in (None, t)}
+        if len(hits) == 1:
+            return self._version(data, next(iter(hits.values())))
+        if len(hits) > 1:
+            raise RegistryError(f"alias {key!r} is set for several tasks ({', '.join(sorted(hits))}); "
+                                f"say which, e.g. {sorted(hits)[0]}@{key}")
+        raise RegistryError(self._unknown(data, name_or_alias))
+
+    def _known(self, data: dict[str, Any]) -> str:
+        aliases = [f"{t}@{a}" for t, m in data["aliases"].items() for a in m]
+        return (f"known versions: {', '.join(sorted(data['versions'])) or 'none'}; "
+                f"aliases: {', '.join(sorted(aliases)) or 'none'} (registry {self.root})")
+
+    def _unknown(self, data: dict[str, Any], name: str) -> str:
+        return f"no model version or alias {name!r}; {self._known(data)}"
+
+    def load_model(self, name_or_alias: str, task: Optional[str] = None, merge: bool = True,
+                   device: Optional[str] = None) -> "LoadedModel":
+        """A ready-to-run model: base encoder + adapter (merged by default) or full weights."""
+        from ray_app.models.lora import load_saved_model
+
+        version = self.resolve(name_or_alias, task)
+        model, tokenizer, meta = load_saved_model(version.path, merge=merge, device=device)
+        max_length = meta.get("max_length") or version.config.get("max_length") or 64
+        return LoadedModel(model=model, tokenizer=tokenizer, version=version, max_length=int(max_length))
+
+
+@dataclass
+class LoadedModel:
+    """A registry model in eval mode with its tokenizer and version record."""
+
+    model: Any
+    tokenizer: Any
+    version: ModelVersion
+    max_length: int = 64
+
+    @property
+    def task(self) -> str:
+        return self.version.task
+
+    def predict(self, texts: Sequence[str], threshold: Optional[float] = None) -> list[dict[str, Any]]:
+        """intent_entity: intent, confidence and entity spans per text."""
+        return self.model.predict(list(texts), self.tokenizer, max_length=self.max_length, threshold=threshold)
+
+    def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        """ranker: a relevance score per product text."""
+        return self.model.score(query, list(docs), self.tokenizer, max_length=self.max_length)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64):
+        """retriever (or any task): L2-normalised mean-pooled embeddings."""
+        from ray_app.models.encoder import encode_texts
+
+        return encode_texts(self.model, self.tokenizer, list(texts), batch_size=batch_size, max_length=self.max_length)
+
+
+def resolve(name_or_alias: str, models_dir: Optional[str | Path] = None, task: Optional[str] = None) -> ModelVersion:
+    return Registry(models_dir).resolve(name_or_alias, task)
+
+
+def load_model(version_or_alias: str, models_dir: Optional[str | Path] = None, task: Optional[str] = None,
+               merge: bool = True, device: Optional[str] = None) -> LoadedModel:
+    return Registry(models_dir).load_model(version_or_alias, task=task, merge=merge, device=device)
+
+
+def promote(name: str, alias: str, models_dir: Optional[str | Path] = None) -> ModelVersion:
+    return Registry(models_dir).promote(name, alias)
+
+
+def list_versions(task: Optional[str] = None, models_dir: Optional[str | Path] = None) -> list[ModelVersion]:
+    return Registry(models_dir).list(task)

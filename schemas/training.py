@@ -1,0 +1,136 @@
+"""Contracts of the model layer: the training job's config and result, LoRA settings and the
+registry's model version. Flat fields (not nested models) on TrainConfig so that every setting
+is one CLI flag (`--lora-r 8`) and one key of a Ray Tune search space."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.config import JobConfig
+
+TASKS: tuple[str, ...] = ("intent_entity", "ranker", "retriever")
+# Validation metric each task selects checkpoints and early-stops on (higher is better).
+TASK_METRIC: dict[str, str] = {"intent_entity": "val_score", "ranker": "val_ndcg@10", "retriever": "val_mrr"}
+DEFAULT_BATCH_SIZE: dict[str, int] = {"intent_entity": 32, "ranker": 8, "retriever": 32}
+DEFAULT_MAX_LENGTH: dict[str, int] = {"intent_entity": 64, "ranker": 128, "retriever": 96}
+DEFAULT_LORA_TARGETS: tuple[str, ...] = ("query", "key", "value", "dense")
+
+
+class LoraSettings(BaseModel):
+    """peft LoRA hyper-parameters; the task heads are always fully trained (modules_to_save)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1, le=256)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+
+
+class TrainConfig(JobConfig):
+    """`python -m jobs.train`: fine-tune one task head on a dataset snapshot with Ray Train."""
+
+    task: Literal["intent_entity", "ranker", "retriever"] = Field(..., description="which model to train")
+    snapshot: str = Field(..., description="dataset snapshot name (python -m jobs.snapshot)")
+    base_model: str = Field("minilm", description="encoder: minilm (packaged all-MiniLM-L6-v2), tiny-bert, a folder or an HF id")
+    lora: bool = Field(True, description="LoRA adapters (else full fine-tuning)")
+    lora_r: int = Field(8, ge=1, le=256, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling alpha")
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), description="module names LoRA wraps")
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: Optional[int] = Field(None, ge=1, description="examples per worker per step (default: intent_entity 32, ranker 8 queries x list_size products, retriever 32 pairs)")
+    lr: Optional[float] = Field(None, gt=0, description="peak learning rate (default 3e-4 with LoRA, 5e-5 full)")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="share of steps with linear warm-up")
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: Optional[int] = Field(None, ge=8, le=512, description="max tokens per text (default: intent_entity 64, ranker 128 for query + product, retriever 96)")
+    patience: int = Field(2, ge=0, description="epochs without validation improvement before stopping (0: never stop early)")
+    seed: int = 13
+    validation_fraction: float = Field(0.1, gt=0, lt=0.9, description="share of train queries held out when the snapshot has no validation split")
+    max_train_examples: Optional[int] = Field(None, ge=1, description="cap on training examples (smoke runs)")
+    # task specifics
+    ranker_loss: Literal["pointwise", "listwise"] = Field("listwise", description="ranker loss: graded BCE per pair or softmax over a query's list")
+    list_size: int = Field(16, ge=2, description="ranker: products per query list in training")
+    temperature: float = Field(0.05, gt=0, description="retriever InfoNCE temperature")
+    hard_negatives: int = Field(1, ge=0, description="retriever: hard negatives (grade I) per positive")
+    oos_threshold: float = Field(0.5, ge=0, le=1, description="intent confidence below this -> fallback intent")
+    fallback_intent: str = Field("out_of_scope")
+    # Ray Train
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
+    use_gpu: bool = Field(False, description="one GPU per worker, NCCL, bf16 autocast")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by validation metric")
+    max_failures: int = Field(1, ge=-1, description="worker-group restarts from the latest checkpoint (-1: unlimited)")
+    storage_path: str = Field("artifacts/ray_results", description="Ray Train run folder (checkpoints)")
+    run_name: Optional[str] = Field(None, description="Ray Train run name; re-using a name resumes that run")
+    # outputs
+    models_dir: Optional[str] = Field(None, description="model registry folder (default $SHOPSEARCH_MODELS or artifacts/models)")
+    alias: Optional[str] = Field(None, description="alias to point at the new version (e.g. candidate)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.lora and not self.lora_targets:
+            raise ValueError("lora_targets must name at least one module when lora is on")
+        return self
+
+    def lora_settings(self) -> Optional[LoraSettings]:
+        if not self.lora:
+            return None
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                            target_modules=list(self.lora_targets))
+
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else (3e-4 if self.lora else 5e-5)
+
+    def batch(self) -> int:
+        return self.batch_size or DEFAULT_BATCH_SIZE[self.task]
+
+    def seq_len(self) -> int:
+        return self.max_length or DEFAULT_MAX_LENGTH[self.task]
+
+    def metric_name(self) -> str:
+        return TASK_METRIC[self.task]
+
+
+class ModelVersion(BaseModel):
+    """One trained model in the registry (JSON under the models dir)."""
+
+    name: str  # "<task>-v<version>"
+    task: str
+    version: int
+    base_model: str
+    lora: bool
+    path: str  # artifact folder (absolute)
+    label_spaces: dict[str, list[str]] = Field(default_factory=dict)
+    snapshot: str = ""
+    table_versions: dict[str, int] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    adapter_bytes: int = 0
+    full_model_bytes: int = 0
+    aliases: list[str] = Field(default_factory=list)
+    created_at: datetime
+
+
+class TrainResult(BaseModel):
+    """What `jobs.train` prints as its last line."""
+
+    ok: bool = True
+    model_version: str
+    task: str
+    snapshot: str
+    metric: str
+    metrics: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = Field(default_factory=list)
+    train_seconds: float
+    examples: dict[str, int] = Field(default_factory=dict)
+    adapter_bytes: int = 0
+    full_model_bytes: int = 0
+    artifact_path: str
+    checkpoint_path: str = ""
+    restarts: int = 0

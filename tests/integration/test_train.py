@@ -1,0 +1,154 @@
+"""Ray Train fine-tuning end to end on a tiny store: 2 CPU workers (DDP over gloo), tiny BERT,
+checkpoints, registry, and a worker killed mid-run that resumes from its checkpoint."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]
+
+BRANDS = ["nike", "adidas", "sony", "apple", "lego", "bosch"]
+CATEGORIES = ["running shoes", "headphones", "t-shirt", "drill", "laptop", "toy car"]
+COLOURS = ["red", "black", "blue", "white"]
+TEMPLATES = [
+    ("product_search", "{colour} {category}", ["colour", "category"]),
+    ("brand_query", "{brand} {category}", ["brand", "category"]),
+    ("price_comparison", "cheapest {category} price", ["category"]),
+    ("review_lookup", "reviews of {brand} {category}", ["brand", "category"]),
+    ("order_support", "where is my order", []),
+]
+
+
+def make_query(i: int, rng: random.Random) -> tuple[str, str, list[dict]]:
+    intent, template, _ = TEMPLATES[i % len(TEMPLATES)]
+    values = {"brand": rng.choice(BRANDS), "category": rng.choice(CATEGORIES), "colour": rng.choice(COLOURS)}
+    text, spans, pos = "", [], 0
+    for piece in template.replace("}", "{").split("{"):
+        if piece in values:
+            spans.append({"start": len(text), "end": len(text) + len(values[piece]), "type": piece,
+                          "text": values[piece]})
+            text += values[piece]
+        else:
+            text += piece
+    return text, intent, spans
+
+
+def fill_tiny_store(store, n: int = 60, seed: int = 0, with_validation: bool = False) -> None:
+    """`n` queries with intent + entity labels (human source) upserted directly, snapshot s1."""
+    from ray_app.store import rows_to_arrow, utcnow
+
+    rng = random.Random(seed)
+    queries, labels = [], []
+    for i in range(n):
+        text, intent, spans = make_query(i, rng)
+        split = "validation" if with_validation and i % 6 == 0 else "train"
+        queries.append({"query_id": f"q{i:03d}", "text": text, "split": split, "updated_at": utcnow()})
+        labels.append({"label_id": f"q{i:03d}-intent", "target_type": "query", "target_id": f"q{i:03d}",
+                       "task": "intent", "value": intent, "source": "human", "created_at": utcnow()})
+        labels.append({"label_id": f"q{i:03d}-entity", "target_type": "query", "target_id": f"q{i:03d}",
+                       "task": "entity", "spans": spans, "source": "human", "created_at": utcnow()})
+        # a lower-priority rule label that disagrees: resolution must pick the human one
+        labels.append({"label_id": f"q{i:03d}-intent-rule", "target_type": "query", "target_id": f"q{i:03d}",
+                       "task": "intent", "value": "out_of_scope", "source": "rule", "created_at": utcnow()})
+    store.upsert("queries", rows_to_arrow(queries, "queries"))
+    store.upsert("labels", rows_to_arrow(labels, "labels"))
+    store.create_snapshot("s1")
+
+
+def fill_judged_store(store, n_queries: int = 24, seed: int = 0) -> None:
+    """Products, queries and E/S/C/I judgments (the query's brand+category is E), snapshot s1."""
+    from ray_app.store import rows_to_arrow, utcnow
+
+    rng = random.Random(seed)
+    products = []
+    for b in BRANDS:
+        for c in CATEGORIES:
+            products.append({"product_id": f"{b}-{c}".replace(" ", "_"), "title": f"{b.title()} {c}", "brand": b,
+                             "category_path": ["root", c], "description": f"A {c} made by {b}.",
+                             "attributes": json.dumps({"colour": rng.choice(COLOURS)}), "updated_at": utcnow()})
+    queries, judgments = [], []
+    for i in range(n_queries):
+        b, c = BRANDS[i % len(BRANDS)], CATEGORIES[(i * 5 + 1) % len(CATEGORIES)]
+        qid = f"r{i:03d}"
+        queries.append({"query_id": qid, "text": f"{b} {c}", "split": "test" if i % 8 == 7 else "train",
+                        "updated_at": utcnow()})
+        others = [p for p in products if p["brand"] != b and p["category_path"][-1] != c]
+        graded = [(f"{b}-{c}".replace(" ", "_"), "E")]
+        graded += [(p["product_id"], "S") for p in products if p["brand"] == b and p["category_path"][-1] != c][:1]
+        graded += [(p["product_id"], "C") for p in products if p["brand"] != b and p["category_path"][-1] == c][:2]
+        graded += [(p["product_id"], "I") for p in rng.sample(others, 3)]
+        for pid, grade in graded:
+            judgments.append({"query_id": qid, "product_id": pid, "grade": grade, "gain": {"E": 3, "S": 2, "C": 1, "I": 0}[grade],
+                              "split": "", "updated_at": utcnow()})
+    store.upsert("products", rows_to_arrow(products, "products"))
+    store.upsert("queries", rows_to_arrow(queries, "queries"))
+    store.upsert("judgments", rows_to_arrow(judgments, "judgments"))
+    store.create_snapshot("s1")
+
+
+def _config(tmp_path, **overrides):
+    from schemas.training import TrainConfig
+
+    base = dict(task="intent_entity", snapshot="s1", base_model="tiny-bert", epochs=3, batch_size=4, lr=1e-2,
+                num_workers=2, patience=0, max_length=32, storage_path=str(tmp_path / "ray_results"),
+                models_dir=str(tmp_path / "models"), quiet=True)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_train_intent_entity_two_workers_registers_model(ray_session, store, tmp_path):
+    from ray_app.registry import Registry
+    from ray_app.training.trainer import run_training
+
+    fill_tiny_store(store)
+    result = run_training(_config(tmp_path, alias="candidate"), store)
+    assert result.model_version == "intent_entity-v1" and result.epochs_run == 3 and result.restarts == 0
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0], losses
+    assert result.metric == "val_score" and 0 <= result.metrics["val_score"] <= 1
+    assert result.examples["train"] + result.examples["validation"] == 60
+    ckpt = Path(result.checkpoint_path)
+    assert (ckpt / "model.pt").is_file() and (ckpt / "train_state.json").is_file()
+    assert 0 < result.adapter_bytes < result.full_model_bytes / 20
+    reg = Registry(tmp_path / "models")
+    version = reg.resolve("intent_entity@candidate")
+    assert version.name == result.model_version and version.snapshot == "s1" and version.lora
+    assert version.label_spaces["entity_types"] == ["brand", "category", "colour"]
+    assert version.table_versions["labels"] >= 1 and version.config["lora_r"] == 8
+    loaded = reg.load_model("candidate")
+    pred = loaded.predict(["black sony headphones"])[0]
+    assert pred["raw_intent"] in version.label_spaces["intents"]
+
+
+def test_worker_killed_mid_run_resumes_from_checkpoint(ray_session, store, tmp_path):
+    from ray_app.training.trainer import run_training
+
+    fill_tiny_store(store)
+    marker = tmp_path / "killed-once"
+    result = run_training(_config(tmp_path, max_failures=1), store,
+                          overrides={"fail_once_marker": str(marker), "fail_at_epoch": 1, "fail_rank": 1})
+    assert marker.is_file()  # rank 1 really died (os._exit) during epoch 1
+    assert result.restarts == 1 and result.epochs_run == 3
+    assert [h["epoch"] for h in result.history] == [0.0, 1.0, 2.0]  # epoch 0 not redone: resumed from its checkpoint
+    assert result.model_version == "intent_entity-v1"
+
+
+def test_train_ranker_listwise_and_retriever(ray_session, store, tmp_path):
+    """The other two heads through the same Ray Train loop: NDCG@10 and MRR validation, registry."""
+    from ray_app.registry import Registry
+    from ray_app.training.trainer import run_training
+
+    fill_judged_store(store, n_queries=24)
+    ranker = run_training(_config(tmp_path, task="ranker", epochs=2, lr=2e-3, lora=False, max_length=48), store)
+    assert ranker.metric == "val_ndcg@10" and 0 < ranker.metrics["val_ndcg@10"] <= 1
+    assert ranker.examples["test"] == 3 and ranker.adapter_bytes == 0  # full fine-tuning: no adapter
+    retriever = run_training(_config(tmp_path, task="retriever", epochs=1, num_workers=1, hard_negatives=1,
+                                     max_length=48), store)
+    assert retriever.metric == "val_mrr" and 0 < retriever.metrics["val_mrr"] <= 1
+    reg = Registry(tmp_path / "models")
+    assert [v.name for v in reg.list()] == ["ranker-v1", "retriever-v1"]
+    scores = reg.load_model("ranker@latest").score("nike headphones", ["Nike headphones | brand: nike", "Lego drill"])
+    vecs = reg.load_model("retriever-v1").encode(["nike headphones", "lego drill"])
+    assert len(scores) == 2 and vecs.shape == (2, 32)
