@@ -118,6 +118,7 @@ def _intent_entity(store: Store, snapshot: str) -> tuple[dict[str, list], dict[s
 def _judged(store: Store, snapshot: str) -> tuple[dict[str, dict], dict[str, str], dict[str, str], dict[str, str]]:
     """Judgments grouped by query, plus query texts, product texts and per-query split."""
     judgments = _read(store, snapshot, "judgments", ["query_id", "product_id", "grade", "split"])
+    judgments += _relevance_labels(store, snapshot, {(j["query_id"], j["product_id"]) for j in judgments})
     queries = {q["query_id"]: q for q in _read(store, snapshot, "queries", ["query_id", "text", "split"])}
     needed = {j["product_id"] for j in judgments}
     products = {p["product_id"]: product_text(p) for p in _read(
@@ -131,6 +132,21 @@ def _judged(store: Store, snapshot: str) -> tuple[dict[str, dict], dict[str, str
         by_query.setdefault(j["query_id"], {})[j["product_id"]] = j["grade"]
         split_of.setdefault(j["query_id"], queries[j["query_id"]].get("split") or j.get("split") or "")
     return by_query, {q: r["text"] for q, r in queries.items()}, products, split_of
+
+
+def _relevance_labels(store: Store, snapshot: str, judged: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Graded pairs from the labels table (behaviour or human relevance labels, resolved by source
+    priority) for pairs the judgments table does not grade: a shop without editorial judgments
+    trains its ranker on what its users did."""
+    labels = [lab for lab in _read(store, snapshot, "labels", ["target_type", "target_id", "task", "value", "source",
+                                                                "confidence", "created_at"])
+              if lab["task"] == "relevance" and lab["target_type"] == "query_product" and "::" in lab["target_id"]]
+    out = []
+    for (target, _), lab in resolve_labels(labels).items():
+        qid, pid = target.split("::", 1)
+        if (qid, pid) not in judged and lab["value"] in ESCI_GAIN:
+            out.append({"query_id": qid, "product_id": pid, "grade": lab["value"], "split": ""})
+    return out
 
 
 def _ranker_rows(by_query, texts, products) -> list[dict[str, Any]]:
