@@ -1,10 +1,10 @@
 """The Ray Data ingest pipeline for one target table.
 
-read files (Ray Data, any filesystem pyarrow knows: local, s3://, gs://)
-  -> parse into raw rows (row number + raw text kept)           [map_batches, per file]
-  -> rebalance into blocks of `block_rows`                       [streaming repartition]
-  -> clean + validate each row (ok or quarantine with a reason)  [map_batches, parallel]
-  -> write_lance into a staging dataset                          [parallel Lance writers]
+plan work units on the driver: JSONL files are cut into line-aligned byte ranges of about
+  `block_rows` lines (every line belongs to exactly one range); other formats are one unit a file
+  -> Ray Data: parse + clean + validate each unit in parallel tasks (row number and raw text
+     kept; each row ok or quarantined with a reason)
+  -> write_lance into a staging dataset (parallel Lance writers)
 then on the driver: de-duplicate by key (latest row wins), one merge_insert commit into the
 table (one new version; a crash before it leaves the table untouched, so a re-run is clean),
 the quarantined rows into `quarantine` (ids derived from source + row + reason: re-runs don't
@@ -25,7 +25,7 @@ import ray
 
 from ray_app.ids import stable_id
 from ray_app.ingest.clean import CleanContext, Reject, clean_record
-from ray_app.ingest.readers import FILE_EXTENSIONS, parse_file
+from ray_app.ingest.readers import detect_format, line_range, parse_file, read_bytes
 from ray_app.store import Store, rows_to_arrow, schema_of, utcnow
 from schemas.ingest import TableIngestStats
 from schemas.records import TABLE_KEYS
@@ -34,6 +34,7 @@ META_FIELDS = [pa.field("_status", pa.string()), pa.field("_source", pa.string()
                pa.field("_sub", pa.int64()), pa.field("_raw", pa.string()), pa.field("_reason", pa.string()),
                pa.field("_field", pa.string())]
 Transform = Callable[[dict, str], list[dict]]  # (record, source path) -> records
+BYTES_PER_ROW_GUESS = 400
 
 
 def staging_schema(table: str) -> pa.Schema:
@@ -41,41 +42,83 @@ def staging_schema(table: str) -> pa.Schema:
     return pa.schema([f.with_nullable(True) for f in schema_of(table)] + META_FIELDS)
 
 
-def _parse_batch(batch: pa.Table, forced_format: Optional[str], transform: Optional[Transform],
-                 encoding: Optional[str]) -> pa.Table:
-    rows: list[dict[str, Any]] = []
-    for path, payload in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist()):
-        for raw in parse_file(path, payload, forced_format, encoding):
-            if transform is None or raw["_error"]:
-                rows.append({**raw, "_sub": 0})
-                continue
-            try:
-                produced = transform(json.loads(raw["_json"]), path)
-            except Reject as exc:
-                rows.append({**raw, "_sub": 0, "_error": str(exc)})
-                continue
-            for i, rec in enumerate(produced):
-                text = json.dumps(rec, ensure_ascii=False, default=str)
-                # One record expanded into many (a JSON document of utterances): each keeps its own raw text.
-                rows.append({**raw, "_sub": i, "_json": text, "_raw": text if len(produced) > 1 else raw["_raw"]})
-    return pa.Table.from_pylist(rows, schema=pa.schema([("_source", pa.string()), ("_row", pa.int64()), ("_raw", pa.string()),
-                                                         ("_json", pa.string()), ("_error", pa.string()), ("_sub", pa.int64())]))
+def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int) -> list[dict[str, Any]]:
+    """Work units: byte ranges of plain (not gzipped) local JSONL files, whole files otherwise."""
+    from ray_app.ingest.adapters import list_files
+
+    files = []
+    for path in paths:  # folders expand to the files in them whose names say a known format
+        listed = list_files(path)
+        files += listed if len(listed) == 1 and listed[0] == path else [f for f in listed if _known(f, forced_format)]
+    units = []
+    for path in files:
+        fmt = detect_format(path, forced_format)
+        size = _local_size(path)
+        chunk = max(1, block_rows) * BYTES_PER_ROW_GUESS
+        if fmt == "jsonl" and size is not None and not path.lower().endswith(".gz") and size > chunk:
+            units += [{"path": path, "start": s, "end": min(size, s + chunk)} for s in range(0, size, chunk)]
+        else:
+            units.append({"path": path, "start": 0, "end": -1})
+    return units
 
 
-def _clean_batch(batch: pa.Table, table: str, ctx_kwargs: dict, mapping: dict[str, str]) -> pa.Table:
+def _known(path: str, forced_format: Optional[str]) -> bool:
+    try:
+        detect_format(path, forced_format)
+        return True
+    except ValueError:
+        return False
+
+
+def _local_size(path: str) -> Optional[int]:
+    if "://" in path:
+        return None
+    try:
+        import os
+
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _quarantine(meta: dict, raw: str, data: Optional[dict], reason: str, field: str) -> dict[str, Any]:
+    if not raw and data is not None:
+        raw = json.dumps(data, ensure_ascii=False, default=str)
+    return {**meta, "_status": "quarantine", "_raw": raw, "_reason": reason, "_field": field}
+
+
+def _process_units(batch: dict[str, Any], table: str, ctx_kwargs: dict, mapping: dict[str, str],
+                   transform: Optional[Transform], forced_format: Optional[str], encoding: Optional[str]) -> pa.Table:
+    """Parse, (adapt,) clean and validate every row of the batch's work units."""
     ctx = CleanContext(table=table, **ctx_kwargs)
     out: list[dict[str, Any]] = []
-    for raw in batch.to_pylist():
-        meta = {"_source": raw["_source"], "_row": raw["_row"], "_sub": raw["_sub"]}
-        if raw["_error"]:
-            out.append({**meta, "_status": "quarantine", "_raw": raw["_raw"], "_reason": raw["_error"], "_field": ""})
-            continue
-        try:
-            row = clean_record(json.loads(raw["_json"]), ctx, mapping)
-        except Reject as exc:
-            out.append({**meta, "_status": "quarantine", "_raw": raw["_raw"], "_reason": exc.reason, "_field": exc.field})
-            continue
-        out.append({**row, **meta, "_status": "ok", "_raw": "", "_reason": "", "_field": ""})
+    for path, start, end in zip(batch["path"], batch["start"], batch["end"]):
+        payload = read_bytes(str(path))
+        first = 1
+        if int(end) >= 0:
+            payload, first = line_range(payload, int(start), int(end))
+        for raw in parse_file(str(path), payload, forced_format, encoding, first_line=first):
+            meta = {"_source": raw["_source"], "_row": raw["_row"], "_sub": 0}
+            if raw["_error"]:
+                out.append(_quarantine(meta, raw["_raw"], None, raw["_error"], ""))
+                continue
+            records = [raw["_data"]]
+            if transform is not None:
+                try:
+                    records = transform(raw["_data"], str(path))
+                except Reject as exc:
+                    out.append(_quarantine(meta, raw["_raw"], raw["_data"], exc.reason, exc.field))
+                    continue
+            for i, record in enumerate(records):
+                meta = {**meta, "_sub": i}
+                # a record expanded into many (a JSON document of utterances) keeps its own raw text
+                rec_raw = "" if len(records) > 1 else raw["_raw"]
+                try:
+                    row = clean_record(record, ctx, mapping)
+                except Reject as exc:
+                    out.append(_quarantine(meta, rec_raw, record, exc.reason, exc.field))
+                    continue
+                out.append({**row, **meta, "_status": "ok", "_raw": "", "_reason": "", "_field": ""})
     return pa.Table.from_pylist(out, schema=staging_schema(table))
 
 
@@ -106,12 +149,11 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
     staging_root = f"{store.uri.rstrip('/')}/_staging"
     staging = f"{staging_root}/{table}-{run_id}.lance"
     _remove(staging_root)  # leftovers of a crashed run: never merged, safe to drop
-    ds = ray.data.read_binary_files(paths, include_paths=True, file_extensions=FILE_EXTENSIONS)
-    ds = ds.map_batches(_parse_batch, batch_format="pyarrow", batch_size=1,
-                        fn_kwargs={"forced_format": forced_format, "transform": transform, "encoding": encoding})
-    ds = ds.repartition(target_num_rows_per_block=block_rows)
-    ds = ds.map_batches(_clean_batch, batch_format="pyarrow", batch_size=None,
-                        fn_kwargs={"table": table, "ctx_kwargs": ctx_kwargs, "mapping": mapping or {}})
+    units = plan_units(paths, forced_format, block_rows)
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    ds = ds.map_batches(_process_units, batch_format="numpy", batch_size=1,
+                        fn_kwargs={"table": table, "ctx_kwargs": ctx_kwargs, "mapping": mapping or {},
+                                   "transform": transform, "forced_format": forced_format, "encoding": encoding})
     ds.write_lance(staging, schema=staging_schema(table), storage_options=store.storage_options)
     import lance
 

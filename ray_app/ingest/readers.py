@@ -15,7 +15,6 @@ from typing import Any, Iterator, Optional
 
 import pyarrow.parquet as pq
 
-FILE_EXTENSIONS = ["csv", "tsv", "jsonl", "ndjson", "json", "parquet", "gz"]
 
 
 def detect_format(path: str, forced: Optional[str] = None) -> str:
@@ -31,14 +30,8 @@ def detect_format(path: str, forced: Optional[str] = None) -> str:
 
 
 def raw_row(source: str, row: int, raw: str, data: Optional[dict], error: str = "") -> dict[str, Any]:
-    """The uniform raw-row shape every reader emits."""
-    return {
-        "_source": source,
-        "_row": row,
-        "_raw": raw,
-        "_json": json.dumps(data, ensure_ascii=False, default=str) if data is not None else "",
-        "_error": error,
-    }
+    """The uniform raw-row shape every reader emits: the parsed record or the parse error."""
+    return {"_source": source, "_row": row, "_raw": raw, "_data": data, "_error": error}
 
 
 def _split_lines(payload: bytes) -> list[bytes]:
@@ -79,10 +72,10 @@ def decode_utf8(data: bytes) -> Optional[str]:
         return None
 
 
-def parse_jsonl(source: str, payload: bytes, encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:
+def parse_jsonl(source: str, payload: bytes, encoding: Optional[str] = None, first_line: int = 1) -> Iterator[dict[str, Any]]:
     lines = _split_lines(payload)
     decoded, _ = _decode_lines(lines, encoding)
-    for i, (raw_bytes, text) in enumerate(zip(lines, decoded), start=1):
+    for i, (raw_bytes, text) in enumerate(zip(lines, decoded), start=first_line):
         if text is None:
             bad = raw_bytes.decode("utf-8", errors="replace")
             try:
@@ -163,17 +156,17 @@ def parse_json_document(source: str, payload: bytes, encoding: Optional[str] = N
 def parse_parquet(source: str, payload: bytes) -> Iterator[dict[str, Any]]:
     table = pq.read_table(io.BytesIO(payload))
     for i, row in enumerate(table.to_pylist(), start=1):
-        yield raw_row(source, i, json.dumps(row, ensure_ascii=False, default=str), row)
+        yield raw_row(source, i, "", row)  # raw text is rendered only if the row is quarantined
 
 
 def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None,
-               encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:
-    """Dispatch on the format; gzip is undone first."""
-    if payload[:2] == b"\x1f\x8b":  # Ray's file reader may already have undone .gz
+               encoding: Optional[str] = None, first_line: int = 1) -> Iterator[dict[str, Any]]:
+    """Dispatch on the format; gzip is undone first. `first_line` numbers a JSONL byte range."""
+    if payload[:2] == b"\x1f\x8b":
         payload = gzip.decompress(payload)
     fmt = detect_format(path, forced_format)
     if fmt == "jsonl":
-        yield from parse_jsonl(path, payload, encoding)
+        yield from parse_jsonl(path, payload, encoding, first_line)
     elif fmt == "json":
         yield from parse_json_document(path, payload, encoding)
     elif fmt == "csv":
@@ -182,3 +175,30 @@ def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None,
         yield from parse_parquet(path, payload)
     else:
         raise ValueError(f"unsupported format {fmt!r}")
+
+
+def read_bytes(path: str) -> bytes:
+    """Whole file from a local path or any URI pyarrow's filesystems understand (s3://, gs://)."""
+    if "://" not in path:
+        with open(path, "rb") as f:
+            return f.read()
+    import pyarrow.fs as pafs
+
+    fs, inner = pafs.FileSystem.from_uri(path)
+    with fs.open_input_stream(inner) as f:
+        return f.read()
+
+
+def line_range(payload: bytes, start: int, end: int) -> tuple[bytes, int]:
+    """The lines whose first byte lies in [start, end) and the 1-based number of the first one.
+
+    Splitting a file into byte ranges this way gives every line to exactly one range, so a
+    large JSONL file is parsed by several tasks without losing or doubling a row."""
+    if start > 0:
+        nl = payload.find(b"\n", start - 1)
+        start = len(payload) if nl < 0 else nl + 1
+    if end < len(payload):
+        nl = payload.find(b"\n", end - 1)
+        end = len(payload) if nl < 0 else nl + 1
+    end = max(start, end)
+    return payload[start:end], payload.count(b"\n", 0, start) + 1

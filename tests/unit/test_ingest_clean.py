@@ -75,12 +75,24 @@ def test_jsonl_reader_reports_broken_lines_without_losing_them():
     assert [r["_row"] for r in rows] == [1, 2, 3, 4, 5, 6]
     errors = [r["_error"].split(":")[0] for r in rows]
     assert errors == ["", "empty line", "invalid JSON", "broken encoding", "expected a JSON object, got list", ""]
-    assert json.loads(rows[5]["_json"])["a"] == "\U0001f355"  # CESU-8 surrogates repaired, not quarantined
+    assert rows[5]["_data"]["a"] == "\U0001f355"  # CESU-8 surrogates repaired, not quarantined
     assert decode_utf8(b"\xff") is None
 
 
 def test_csv_reader_counts_fields_and_handles_quotes():
     payload = b'id,title\n1,"a, b"\n2\n\n3,"multi\nline"\n'
     rows = list(parse_file("x.csv", payload))
-    assert [json.loads(r["_json"]) if r["_json"] else r["_error"] for r in rows] == [
+    assert [r["_data"] if r["_data"] is not None else r["_error"] for r in rows] == [
         {"id": "1", "title": "a, b"}, "CSV row has 1 fields, the header has 2", "empty line", {"id": "3", "title": "multi\nline"}]
+
+
+def test_byte_ranges_give_every_line_to_exactly_one_range():
+    from ray_app.ingest.readers import line_range
+
+    payload = b"".join(f'{{"i": {i}}}\n'.encode() for i in range(1000))
+    bounds = list(range(0, len(payload), 777)) + [len(payload)]
+    seen = []
+    for s, e in zip(bounds, bounds[1:]):
+        chunk, first = line_range(payload, s, e)
+        seen += [(r["_row"], r["_data"]["i"]) for r in parse_file("x.jsonl", chunk, first_line=first)]
+    assert seen == [(i + 1, i) for i in range(1000)]
