@@ -33,15 +33,31 @@ def _is_collection(annotation: Any) -> bool:
     return origin in (list, dict, tuple)
 
 
+def _choices(annotation: Any) -> Optional[tuple]:
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            found = _choices(arg)
+            if found:
+                return found
+    return None
+
+
 def build_parser(config_cls: type[BaseModel], prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with `--config` and one `--field-name` flag per config field."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with config fields (flags override it)")
     for name, field in config_cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
         help_text = field.description or ""
+        choices = _choices(field.annotation)
+        if choices:
+            help_text = f"{help_text} [{'|'.join(map(str, choices))}]".strip()
         default = None if field.is_required() else field.default
+        if default is None and field.default_factory is not None:
+            default = field.default_factory()
         if _is_bool(field.annotation):
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{help_text} (default: {default})")
