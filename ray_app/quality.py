@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 from ray_app.store import Store
 from schemas.records import DATA_TABLES, TABLE_KEYS
 
-IGNORED_FOR_CHANGES = {"updated_at", "created_at"}
+# Derived columns (vectors written by jobs.embed) and timestamps are not data changes.
+IGNORED_FOR_CHANGES = {"updated_at", "created_at", "vector", "vector_model", "vector_text_hash"}
 
 
 def null_rates(table: pa.Table) -> dict[str, float]:

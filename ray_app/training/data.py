@@ -42,7 +42,8 @@ def _hash_unit(key: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def product_text(row: dict[str, Any], max_description: int = 200, max_attributes: int = 5) -> str:
+def product_text(row: dict[str, Any], max_description: int = 200, max_attributes: int = 5,
+                 max_attribute_chars: int = 120) -> str:
     """The product text models see: title, brand, category leaf, a bit of description and attributes."""
     parts = [str(row.get("title") or "")]
     if row.get("brand"):
@@ -54,7 +55,8 @@ def product_text(row: dict[str, Any], max_description: int = 200, max_attributes
     except (TypeError, ValueError):
         attrs = {}
     if isinstance(attrs, dict) and attrs:
-        parts.append(", ".join(f"{k}: {v}" for k, v in list(attrs.items())[:max_attributes]))
+        # values capped: long bullet lists would dominate the text and make CPU encoding slow
+        parts.append(", ".join(f"{k}: {str(v)[:max_attribute_chars]}" for k, v in list(attrs.items())[:max_attributes]))
     description = str(row.get("description") or "").strip()
     if description:
         parts.append(description[:max_description])

@@ -1,0 +1,195 @@
+"""Offline evaluation: ranking, retrieval and query understanding, all systems side by side.
+
+  python -m jobs.evaluate --db DIR [--dataset esci] [--split test] [--snapshot NAME]
+         [--baseline minilm|none] [--retriever retriever@production] [--ranker ranker@production]
+         [--intent-model intent_entity@production] [--rerank-depth 50] [--ann] [--out eval.json]
+
+Systems (one run, the same queries): BM25 (LanceDB FTS over title and brand), the
+untuned bi-encoder (`--baseline`, all-MiniLM-L6-v2 by default), the fine-tuned bi-encoder
+(`--retriever`), hybrid (reciprocal-rank fusion of BM25 and the best bi-encoder), and the
+fine-tuned cross-encoder (`--ranker`) re-ranking the top `--rerank-depth` of the hybrid (or of the
+retriever with --rerank-base retriever). Protocols are described in `ray_app/evaluation.py`.
+Vector search is exact brute force by default (models compare without index error); product
+vectors come from the table when they were made by the same model from the same text, else they
+are encoded here. Queries/judgments/labels are read from --snapshot when given; products are the
+live indexed table (run jobs.embed first: it builds the BM25 indexes). Writes
+<report-dir>/eval-<UTC time>.md and the figures as JSON (--out); last stdout line: JSON summary.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import pyarrow as pa
+
+from ray_app.cli import JobError, main_wrapper
+from ray_app.evaluation import (BM25, Dense, Hybrid, Rerank, catalogue_metrics, judged_list_metrics, mean_metrics,
+                                query_understanding_metrics, render_report)
+from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, fts_columns_indexed, load_text_encoder
+from ray_app.store import Store, StoreError, utcnow
+from ray_app.training.data import product_text, resolve_labels
+from schemas.evaluation import EvaluateConfig, EvaluateResult
+
+TEXT_COLUMNS = ["product_id", "title", "brand", "category_path", "attributes", "description"]
+
+
+def _read(store: Store, config: EvaluateConfig, table: str, columns: list[str]) -> list[dict[str, Any]]:
+    try:
+        if config.snapshot:
+            return store.read_snapshot(config.snapshot, table, columns=columns).to_pylist()
+        return store.read(table, columns=columns).to_pylist()
+    except StoreError as exc:
+        raise JobError(str(exc)) from exc
+
+
+def eval_queries(store: Store, config: EvaluateConfig) -> list[dict[str, Any]]:
+    rows = _read(store, config, "queries", ["query_id", "text", "split", "dataset"])
+    return sorted((q for q in rows if (not config.dataset or q["dataset"] == config.dataset)), key=lambda q: q["query_id"])
+
+
+def judged_lists(store: Store, config: EvaluateConfig, queries: list[dict], catalogue: set[str]) -> dict[str, dict[str, str]]:
+    """query_id -> {product_id: grade} of the split's queries (query split wins over the judgment's)."""
+    split_of = {q["query_id"]: q["split"] for q in queries}
+    out: dict[str, dict[str, str]] = {}
+    for j in _read(store, config, "judgments", ["query_id", "product_id", "grade", "split"]):
+        qid = j["query_id"]
+        if qid in split_of and (split_of[qid] or j["split"]) == config.split and j["product_id"] in catalogue:
+            out.setdefault(qid, {})[j["product_id"]] = j["grade"]
+    return out
+
+
+def evaluate_ranking(systems: dict[str, Any], queries: list[dict], judged: dict[str, dict[str, str]],
+                     config: EvaluateConfig, log) -> tuple[dict, dict]:
+    judged_out, full_out = {}, {}
+    for name, system in systems.items():
+        started = time.perf_counter()
+        system.prepare(queries)
+        full = [catalogue_metrics(system.retrieve(q, config.recall_k), judged[q["query_id"]], config.k, config.recall_k)
+                for q in queries]
+        per_query = (time.perf_counter() - started) / max(1, len(queries))
+        full_out[name] = {**mean_metrics(full), "ms_per_query": round(1000 * per_query, 2)}
+        judged_out[name] = mean_metrics([judged_list_metrics(g, system.judged(q, sorted(g)), config.k)
+                                         for q in queries for g in [judged[q["query_id"]]]])
+        log(f"evaluate: {name}: judged {judged_out[name]} | full catalogue {full_out[name]}")
+    return judged_out, full_out
+
+
+def evaluate_intent(store: Store, config: EvaluateConfig, queries: list[dict]) -> dict[str, float]:
+    from ray_app.registry import Registry
+
+    in_split = {q["query_id"]: q for q in queries if q["split"] == config.split}
+    labels = [lab for lab in _read(store, config, "labels", ["target_type", "target_id", "task", "value", "spans", "source",
+                                                              "confidence", "created_at"])
+              if lab["target_type"] == "query" and lab["task"] in ("intent", "entity") and lab["target_id"] in in_split]
+    resolved = resolve_labels(labels)
+    gold = []
+    for qid in sorted({lab["target_id"] for lab in labels}):
+        intent, entity = resolved.get((qid, "intent")), resolved.get((qid, "entity"))
+        gold.append({"text": in_split[qid]["text"], "intent": intent["value"] if intent else "",
+                     "spans": None if entity is None else entity["spans"]})
+    if not gold:
+        raise JobError(f"--intent-model: no labelled queries in split {config.split!r}")
+    model = Registry(config.models_dir).load_model(config.intent_model, task="intent_entity")
+    return query_understanding_metrics(gold, model.predict([g["text"] for g in gold]))
+
+
+def _clean(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_clean(v) if isinstance(v, dict) else None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in figures.items()}
+
+
+def build_systems(config: EvaluateConfig, tbl, products: pa.Table, texts: dict[str, str], log,
+                  skipped: dict[str, str], notes: list[str]) -> dict[str, Any]:
+    """The systems compared, in report order; those without a model are noted in `skipped`."""
+    systems: dict[str, Any] = {}
+    fts_cols = [c for c in config.fts_columns if c in fts_columns_indexed(tbl)]
+    if fts_cols:
+        systems["bm25"] = BM25(tbl, fts_cols)
+        if len(fts_cols) < len(config.fts_columns):
+            notes.append(f"BM25 searches {', '.join(fts_cols)} only: the other --fts-columns have no FTS index")
+    else:
+        skipped["bm25"] = f"no FTS index on {', '.join(config.fts_columns)}: run python -m jobs.embed first"
+    dense: dict[str, Dense] = {}
+    for role, name in (("baseline", config.baseline), ("retriever", config.retriever)):
+        if not name or name.lower() == "none":
+            skipped[role] = f"not given (--{role} NAME)"
+            continue
+        encoder = load_text_encoder(name, config.models_dir, batch_size=config.batch_size)
+        dense[role] = systems[encoder.key] = Dense(encoder, products, texts, tbl, config.ann, log)
+    best = dense.get("retriever") or dense.get("baseline")
+    if "bm25" in systems and best is not None:
+        systems["hybrid"] = Hybrid(systems["bm25"], best, config.rrf_k)
+    if not config.ranker:
+        skipped["ranker"] = "not given (--ranker NAME)"
+        return systems
+    from ray_app.registry import Registry
+
+    ranker = Registry(config.models_dir).load_model(config.ranker, task="ranker")
+    base = "retriever" if config.rerank_base == "retriever" else "hybrid"
+    base_system = dense.get("retriever") if base == "retriever" else systems.get("hybrid")
+    if base_system is None:
+        skipped[f"rerank:{ranker.version.name}"] = f"no {base} candidates to re-rank"
+    else:
+        systems[f"rerank:{ranker.version.name}"] = Rerank(ranker, base_system, texts, config.rerank_depth, base)
+    return systems
+
+
+def run(config: EvaluateConfig) -> EvaluateResult:
+    started = time.perf_counter()
+    log = (lambda msg: None) if config.quiet else (lambda msg: print(msg, file=sys.stderr))
+    store = Store(config.db)
+    if not store.exists("products"):
+        raise JobError(f"no products table in {store.uri}; run jobs.ingest and jobs.embed first")
+    tbl = store.table("products")
+    cols = TEXT_COLUMNS + [c for c in (VECTOR_COLUMN, MODEL_COLUMN, HASH_COLUMN) if c in tbl.schema.names]
+    products = tbl.search().select(cols).limit(None).to_arrow()
+    texts = {r["product_id"]: product_text(r) for r in products.select(TEXT_COLUMNS).to_pylist()}
+    queries_all = eval_queries(store, config)
+    judged = judged_lists(store, config, queries_all, set(texts))
+    queries = [q for q in queries_all if q["query_id"] in judged][:config.max_queries]
+    skipped: dict[str, str] = {}
+    notes: list[str] = []
+    judged_out: dict[str, Any] = {}
+    full_out: dict[str, Any] = {}
+    systems: dict[str, Any] = {}
+    if queries:
+        systems = build_systems(config, tbl, products, texts, log, skipped, notes)
+        judged_out, full_out = evaluate_ranking(systems, queries, judged, config, log)
+    else:
+        notes.append(f"no judged queries in split {config.split!r}" + (f" of dataset {config.dataset!r}" if config.dataset else ""))
+    qu: dict[str, float] = {}
+    if config.intent_model:
+        qu = evaluate_intent(store, config, queries_all)
+    else:
+        skipped["intent_model"] = "not given (--intent-model NAME)"
+    stamp = utcnow()
+    payload = _clean({"created_at": f"{stamp:%Y-%m-%d %H:%M:%S} UTC", "db": store.uri, "products": len(texts),
+                      "products_version": tbl.version, "split": config.split, "dataset": config.dataset,
+                      "snapshot": config.snapshot, "queries": len(queries), "k": config.k, "recall_k": config.recall_k,
+                      "judged_list": judged_out, "full_catalogue": full_out, "query_understanding": qu,
+                      "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
+                      "config": config.model_dump(mode="json")})
+    report_dir = Path(config.report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    out_path = Path(config.out) if config.out else report_dir / f"eval-{stamp:%Y%m%d-%H%M%S}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(payload, indent=2))
+    report_path = report_dir / f"eval-{stamp:%Y%m%d-%H%M%S}.md"
+    report_path.write_text(render_report(payload))
+    return EvaluateResult(queries=len(queries), products=len(texts), products_version=tbl.version,
+                          judged_list=payload["judged_list"], full_catalogue=payload["full_catalogue"],
+                          query_understanding=payload["query_understanding"], skipped=skipped, notes=notes,
+                          report_path=str(report_path), out_path=str(out_path),
+                          seconds=round(time.perf_counter() - started, 2))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return main_wrapper(run, EvaluateConfig, "jobs.evaluate", __doc__, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""Offline evaluation: protocols, the systems compared, and the Markdown report (no Ray).
+
+Ranking, two protocols (ESCI grades E/S/C/I):
+- judged list (KDD Cup 2022 task 1 / Vespa commerce-product-ranking): re-rank each test query's
+  judged products. NDCG over the whole list with linear ESCI gains E=1.0, S=0.1, C=0.01, I=0,
+  plus NDCG@10 with gains 3/2/1/0 in the platform's convention (`ray_app.metrics`: exponential
+  2^g - 1, log2 discount, the same figure training reports as val_ndcg@10).
+  Items are presented to the scorer in a label-independent order (by a hash of the product id),
+  and items a system cannot score (BM25 matching no term) go last in that order, so ties never
+  leak the order judgments were stored in (ESCI files list E first).
+- full catalogue: search every product; unjudged products count as irrelevant (gain 0).
+  NDCG@10 (3/2/1/0, ideal = the query's judged gains), Recall@100 of E+S products, MRR of the
+  first E/S product (0 when none is retrieved in the depth searched).
+Queries with nothing relevant are skipped by NDCG (no ideal ranking) and by recall/MRR (nothing
+to find); counts per figure are reported.
+Query understanding: intent accuracy and macro-F1, entity span micro-F1 (exact start, end, type),
+sentence exact match (intent and the whole span set right).
+Systems share one interface: `prepare(queries)`, `judged(query, product_ids)` -> scores (None =
+cannot score) and `retrieve(query, depth)` -> ranked product ids over the whole catalogue.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, exact_search, fts_search, rrf, text_hash, vector_search
+from ray_app.metrics import accuracy, dcg_at_k, macro_f1, ndcg_at_k, recall_at_k, span_f1
+from schemas.records import ESCI_GAIN
+
+KDD_GAIN: dict[str, float] = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
+RELEVANT_GRADES: tuple[str, ...] = ("E", "S")
+UNSCORED = -1e30
+
+
+def neutral_order(ids: Iterable[str]) -> list[str]:
+    """Ids in an order that depends on nothing but the ids (SHA-1), never on the labels."""
+    return sorted(ids, key=lambda i: (hashlib.sha1(str(i).encode()).hexdigest(), str(i)))
+
+
+def judged_list_metrics(grades: dict[str, str], scores: dict[str, Optional[float]], k: int = 10) -> dict[str, float]:
+    """One query's judged-list figures: KDD NDCG (linear ESCI gains, full list) and NDCG@k (3/2/1/0)."""
+    ids = neutral_order(grades)
+    s = [UNSCORED if scores.get(i) is None else float(scores[i]) for i in ids]
+    kdd = [KDD_GAIN[grades[i]] for i in ids]
+    graded = [ESCI_GAIN[grades[i]] for i in ids]
+    return {"ndcg_esci": ndcg_at_k(s, kdd, k=len(ids), exponential=False), f"ndcg@{k}": ndcg_at_k(s, graded, k=k)}
+
+
+def catalogue_metrics(ranked: Sequence[str], grades: dict[str, str], k: int = 10, recall_k: int = 100) -> dict[str, float]:
+    """One query's full-catalogue figures from its ranked product ids (unjudged = irrelevant)."""
+    ideal = dcg_at_k(sorted((ESCI_GAIN[g] for g in grades.values()), reverse=True), k)
+    got = dcg_at_k([ESCI_GAIN.get(grades.get(p, "I"), 0) for p in ranked[:k]], k)
+    relevant = {p for p, g in grades.items() if g in RELEVANT_GRADES}
+    first = next((n for n, p in enumerate(ranked[:recall_k], start=1) if p in relevant), None)
+    return {f"ndcg@{k}": got / ideal if ideal > 0 else float("nan"),
+            f"recall@{recall_k}": recall_at_k(ranked, relevant, recall_k),
+            "mrr": (1.0 / first if first else 0.0) if relevant else float("nan")}
+
+
+def mean_metrics(per_query: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean of each figure over the queries where it is defined, plus `queries` (how many in all)."""
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for row in per_query for k in row):
+        values = [row[key] for row in per_query if key in row and not math.isnan(row[key])]
+        out[key] = round(float(np.mean(values)), 4) if values else float("nan")
+    out["queries"] = len(per_query)
+    return out
+
+
+def _span_set(spans: Optional[Iterable[dict[str, Any]]]) -> set[tuple[int, int, str]]:
+    return {(int(s["start"]), int(s["end"]), str(s["type"])) for s in (spans or [])}
+
+
+def query_understanding_metrics(gold: Sequence[dict[str, Any]], pred: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Gold rows {intent ('' = unlabelled), spans (None = unlabelled)} vs predictions {intent, entities}."""
+    with_intent = [(g["intent"], p["intent"]) for g, p in zip(gold, pred) if g.get("intent")]
+    with_spans = [(_span_set(g["spans"]), _span_set(p.get("entities"))) for g, p in zip(gold, pred)
+                  if g.get("spans") is not None]
+    both = [g["intent"] == p["intent"] and _span_set(g["spans"]) == _span_set(p.get("entities"))
+            for g, p in zip(gold, pred) if g.get("intent") and g.get("spans") is not None]
+    out: dict[str, float] = {"queries": len(gold), "intent_queries": len(with_intent), "entity_queries": len(with_spans)}
+    if with_intent:
+        truth, guess = zip(*with_intent)
+        out["intent_accuracy"] = round(accuracy(truth, guess), 4)
+        out["intent_macro_f1"] = round(macro_f1(truth, guess), 4)
+    if with_spans:
+        prf = span_f1([g for g, _ in with_spans], [p for _, p in with_spans])
+        out.update({f"entity_{k}": round(v, 4) for k, v in prf.items()})
+    if both:
+        out["exact_match"] = round(float(np.mean(both)), 4)
+    return out
+
+
+# -- systems -----------------------------------------------------------------------------
+class BM25:
+    def __init__(self, tbl, columns: list[str]):
+        self.tbl, self.columns = tbl, columns
+        self.about = f"LanceDB native FTS (BM25), multi-match over {', '.join(columns)}"
+
+    def prepare(self, queries: list[dict]) -> None:
+        pass
+
+    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
+        return dict(fts_search(self.tbl, q["text"], self.columns, len(pids), restrict_to=pids))
+
+    def retrieve(self, q: dict, depth: int) -> list[str]:
+        return [p for p, _ in fts_search(self.tbl, q["text"], self.columns, depth)]
+
+
+class Dense:
+    """A bi-encoder over the full catalogue: exact cosine (or the table's ANN index with --ann)."""
+
+    def __init__(self, encoder, products: pa.Table, texts: dict[str, str], tbl, ann: bool, log):
+        self.encoder, self.tbl = encoder, tbl
+        self.ids = products.column("product_id").to_pylist()
+        self.row = {p: i for i, p in enumerate(self.ids)}
+        self.matrix, reused = product_matrix(encoder, products, texts, log)
+        self.ann = ann and reused == len(self.ids)
+        self.about = (f"{encoder.key} (dim {encoder.dim}), {reused:,}/{len(self.ids):,} product vectors from the table, "
+                      + ("ANN index search" if self.ann else "exact brute-force cosine"))
+        self.qvec: dict[str, np.ndarray] = {}
+
+    def prepare(self, queries: list[dict]) -> None:
+        vectors = self.encoder.encode([q["text"] for q in queries])
+        self.qvec = {q["query_id"]: v for q, v in zip(queries, vectors)}
+
+    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
+        sims = self.matrix[[self.row[p] for p in pids]] @ self.qvec[q["query_id"]]
+        return dict(zip(pids, sims.tolist()))
+
+    def retrieve(self, q: dict, depth: int) -> list[str]:
+        if self.ann:
+            return [p for p, _ in vector_search(self.tbl, self.qvec[q["query_id"]], depth)]
+        idx, _ = exact_search(self.matrix, self.qvec[q["query_id"]], depth)
+        return [self.ids[i] for i in idx[0]]
+
+
+class Hybrid:
+    def __init__(self, lexical: BM25, dense: Dense, k: int):
+        self.lexical, self.dense, self.k = lexical, dense, k
+        self.about = f"reciprocal-rank fusion (k={k}) of BM25 and {dense.encoder.key}"
+
+    def prepare(self, queries: list[dict]) -> None:
+        self.dense.prepare(queries)
+
+    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
+        rankings = [sorted((p for p, s in part.items() if s is not None), key=lambda p: -part[p])
+                    for part in (self.lexical.judged(q, pids), self.dense.judged(q, pids))]
+        return dict(rrf(rankings, self.k))
+
+    def retrieve(self, q: dict, depth: int) -> list[str]:
+        return [p for p, _ in rrf([self.lexical.retrieve(q, depth), self.dense.retrieve(q, depth)], self.k, depth)]
+
+
+class Rerank:
+    def __init__(self, ranker, base, texts: dict[str, str], depth: int, base_name: str):
+        self.ranker, self.base, self.texts, self.depth = ranker, base, texts, depth
+        self.about = f"cross-encoder {ranker.version.name} re-ranking the top {depth} of {base_name}"
+
+    def prepare(self, queries: list[dict]) -> None:
+        self.base.prepare(queries)
+
+    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
+        return dict(zip(pids, self.ranker.score(q["text"], [self.texts[p] for p in pids])))
+
+    def retrieve(self, q: dict, depth: int) -> list[str]:
+        found = self.base.retrieve(q, max(depth, self.depth))
+        head = found[:self.depth]
+        scores = self.ranker.score(q["text"], [self.texts[p] for p in head])
+        order = np.argsort(-np.asarray(scores), kind="stable")
+        return ([head[i] for i in order] + found[self.depth:])[:depth]
+
+
+def product_matrix(encoder, products: pa.Table, texts: dict[str, str], log) -> tuple[np.ndarray, int]:
+    """Product vectors of `encoder`: reused from the table where model and text hash match, else encoded."""
+    ids = products.column("product_id").to_pylist()
+    matrix = np.zeros((len(ids), encoder.dim), dtype=np.float32)
+    fresh = np.zeros(len(ids), dtype=bool)
+    if VECTOR_COLUMN in products.column_names and products.schema.field(VECTOR_COLUMN).type.list_size == encoder.dim:
+        models, hashes = products.column(MODEL_COLUMN).to_pylist(), products.column(HASH_COLUMN).to_pylist()
+        valid = pc.is_valid(products.column(VECTOR_COLUMN)).to_numpy(zero_copy_only=False)
+        fresh = np.array([v and m == encoder.key and h == text_hash(texts[p])
+                          for v, m, h, p in zip(valid, models, hashes, ids)], dtype=bool)
+        if fresh.any():
+            col = products.column(VECTOR_COLUMN).filter(pa.array(fresh)).combine_chunks()
+            matrix[fresh] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, encoder.dim)
+    missing = np.flatnonzero(~fresh)
+    if missing.size:
+        log(f"evaluate: encoding {missing.size:,} product texts with {encoder.key} (not in the table's vectors)")
+        matrix[missing] = encoder.encode([texts[ids[i]] for i in missing])
+    return matrix, int(fresh.sum())
+
+
+# -- report ------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4f}" if abs(value) <= 1 else f"{value:.1f}"
+    return str(value)
+
+
+def markdown_table(rows: dict[str, dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A Markdown table: one row per system, `columns` = (key, header)."""
+    head = "| system | " + " | ".join(h for _, h in columns) + " |"
+    sep = "|---|" + "---:|" * len(columns)
+    body = [f"| {name} | " + " | ".join(_fmt(fig.get(key, float("nan"))) for key, _ in columns) + " |"
+            for name, fig in rows.items()]
+    return "\n".join([head, sep, *body])
+
+
+def render_report(payload: dict[str, Any]) -> str:
+    """The evaluation report as Markdown from the JSON payload the job writes."""
+    k, rk = payload["k"], payload["recall_k"]
+    lines = [f"# Offline evaluation — {payload['created_at']}", "",
+             f"- store `{payload['db']}`, products table version {payload['products_version']} "
+             f"({payload['products']:,} products); queries: split `{payload['split']}`"
+             + (f", dataset `{payload['dataset']}`" if payload.get("dataset") else "")
+             + (f", snapshot `{payload['snapshot']}`" if payload.get("snapshot") else "")
+             + f"; {payload['queries']} judged queries", ""]
+    if payload.get("judged_list"):
+        lines += ["## Ranking: judged-list re-ranking (KDD Cup 2022 / Vespa protocol)", "",
+                  "NDCG over each query's whole judged list with ESCI gains E=1, S=0.1, C=0.01, I=0 (linear); "
+                  f"NDCG@{k} with gains 3/2/1/0 (exponential 2^g-1, as in training).", "",
+                  markdown_table(payload["judged_list"], [("ndcg_esci", "NDCG (ESCI gains)"),
+                                                          (f"ndcg@{k}", f"NDCG@{k} (3/2/1/0)"), ("queries", "queries")]), ""]
+    if payload.get("full_catalogue"):
+        lines += ["## Retrieval: full catalogue (unjudged = irrelevant)", "",
+                  f"NDCG@{k} (3/2/1/0), Recall@{rk} of E+S products, MRR of the first E/S product; "
+                  "time = retrieval per query incl. query encoding.", "",
+                  markdown_table(payload["full_catalogue"], [(f"ndcg@{k}", f"NDCG@{k}"), (f"recall@{rk}", f"Recall@{rk}"),
+                                                             ("mrr", "MRR"), ("ms_per_query", "ms/query"),
+                                                             ("queries", "queries")]), ""]
+    if payload.get("query_understanding"):
+        qu = payload["query_understanding"]
+        lines += ["## Query understanding", "", "| figure | value |", "|---|---:|"]
+        lines += [f"| {key} | {_fmt(val)} |" for key, val in qu.items()] + [""]
+    if payload.get("systems"):
+        lines += ["## Systems", ""] + [f"- **{n}**: {d}" for n, d in payload["systems"].items()] + [""]
+    if payload.get("skipped"):
+        lines += ["## Skipped", ""] + [f"- {n}: {why}" for n, why in payload["skipped"].items()] + [""]
+    if payload.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in payload["notes"]] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Evaluation protocols against hand-computed figures, RRF fusion, exact search and the index rule."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ray_app.evaluation import (catalogue_metrics, judged_list_metrics, markdown_table, mean_metrics,
+                                query_understanding_metrics, render_report)
+from ray_app.index import default_sub_vectors, exact_search, index_plan, plan_embedding, rrf, text_hash
+
+pytestmark = pytest.mark.unit
+
+
+def test_judged_list_ndcg_esci_gains_hand_computed():
+    # ranked by score: b (S), c (I), a (E), then d (C) which the system could not score
+    grades = {"a": "E", "b": "S", "c": "I", "d": "C"}
+    scores = {"a": 0.1, "b": 0.9, "c": 0.5, "d": None}
+    got = judged_list_metrics(grades, scores, k=10)
+    # linear ESCI gains: DCG = 0.1/1 + 0/log2(3) + 1.0/log2(4) + 0.01/log2(5) = 0.6043068
+    #                    IDCG = 1.0/1 + 0.1/log2(3) + 0.01/log2(4) + 0 = 1.0680930
+    assert got["ndcg_esci"] == pytest.approx(0.6043068 / 1.0680930, abs=1e-6)
+    assert got["ndcg_esci"] == pytest.approx(0.565781, abs=1e-6)
+    # 3/2/1/0, exponential: DCG = 3 + 0 + 7/2 + 1/log2(5); IDCG = 7 + 3/log2(3) + 1/2
+    assert got["ndcg@10"] == pytest.approx(0.737872, abs=1e-6)
+
+
+def test_judged_list_ties_do_not_leak_the_stored_order():
+    e_first = {"a": "E", "b": "E", "c": "S", "d": "I", "e": "I"}
+    i_first = dict(reversed(list(e_first.items())))
+    flat = {p: 1.0 for p in e_first}
+    assert judged_list_metrics(e_first, flat) == judged_list_metrics(i_first, flat)
+    unscored = {p: None for p in e_first}
+    assert judged_list_metrics(e_first, unscored) == judged_list_metrics(i_first, flat)
+    perfect = judged_list_metrics(e_first, {"a": 5, "b": 4, "c": 3, "d": 2, "e": 1})
+    assert perfect["ndcg_esci"] == pytest.approx(1.0) and perfect["ndcg@10"] == pytest.approx(1.0)
+
+
+def test_judged_list_all_irrelevant_is_undefined():
+    got = judged_list_metrics({"a": "I", "b": "I"}, {"a": 1.0, "b": 0.0})
+    assert math.isnan(got["ndcg_esci"]) and math.isnan(got["ndcg@10"])
+
+
+def test_full_catalogue_unjudged_count_as_irrelevant():
+    grades = {"a": "E", "b": "S", "c": "E", "d": "I"}  # c is never retrieved
+    ranked = ["x", "a", "y", "b", "d"]  # x, y unjudged
+    got = catalogue_metrics(ranked, grades, k=10, recall_k=3)
+    # DCG = 7/log2(3) + 3/log2(5); IDCG over the judged gains [3, 3, 2, 0] = 7 + 7/log2(3) + 3/2
+    assert got["ndcg@10"] == pytest.approx(0.441957, abs=1e-6)
+    assert got["recall@3"] == pytest.approx(1 / 3)  # only a of {a, b, c} in the first 3
+    assert got["mrr"] == pytest.approx(0.5)
+    assert catalogue_metrics(ranked, grades, k=10, recall_k=100)["recall@100"] == pytest.approx(2 / 3)
+    none_relevant = catalogue_metrics(["x"], {"d": "I", "e": "C"}, recall_k=100)
+    assert math.isnan(none_relevant["recall@100"]) and math.isnan(none_relevant["mrr"])
+    assert none_relevant["ndcg@10"] == 0.0  # a C judgment gives an ideal ranking, nothing retrieved
+
+
+def test_mean_metrics_skips_undefined():
+    got = mean_metrics([{"m": 1.0, "n": float("nan")}, {"m": 0.5, "n": float("nan")}])
+    assert got["m"] == 0.75 and math.isnan(got["n"]) and got["queries"] == 2
+
+
+def test_rrf_order_and_ties():
+    fused = rrf([["a", "b", "c"], ["c", "a", "d"]], k=60)
+    assert [d for d, _ in fused] == ["a", "c", "b", "d"]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62) and fused[1][1] == pytest.approx(1 / 63 + 1 / 61)
+    assert [d for d, _ in rrf([["a", "b"], ["b", "a"]])] == ["a", "b"]  # tie: same best rank -> first seen
+    assert [d for d, _ in rrf([["x"], ["y", "z"]], limit=2)] == ["x", "y"]
+    assert rrf([]) == []
+
+
+def test_exact_search_matches_argsort():
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(500, 16)).astype(np.float32)
+    queries = rng.normal(size=(7, 16)).astype(np.float32)
+    idx, scores = exact_search(matrix, queries, 10, chunk=3)
+    full = queries @ matrix.T
+    assert (idx == np.argsort(-full, axis=1)[:, :10]).all()
+    assert np.allclose(scores, np.take_along_axis(full, idx, axis=1))
+    assert exact_search(matrix[:4], queries[:1], 10)[0].shape == (1, 4)
+
+
+def test_index_rule():
+    assert index_plan(5_000, 384)["type"] == "none"
+    big = index_plan(100_000, 384)
+    assert big["type"] == "IVF_PQ" and big["params"]["num_partitions"] == 316 and big["params"]["num_sub_vectors"] == 48
+    assert index_plan(100, 384, index="ivf_pq")["type"] == "none"  # too few rows to train PQ
+    assert index_plan(50_000, 384, index="ivf_hnsw_sq")["type"] == "IVF_HNSW_SQ"
+    assert (default_sub_vectors(384), default_sub_vectors(32), default_sub_vectors(100)) == (48, 4, 10)
+
+
+def test_plan_embedding_only_changed_rows():
+    text = lambda r: r["title"]  # noqa: E731
+    rows = [{"product_id": "fresh", "title": "t1", "vector": True, "vector_model": "m", "vector_text_hash": text_hash("t1")},
+            {"product_id": "edited", "title": "t2 new", "vector": True, "vector_model": "m", "vector_text_hash": text_hash("t2")},
+            {"product_id": "other-model", "title": "t3", "vector": True, "vector_model": "old", "vector_text_hash": text_hash("t3")},
+            {"product_id": "new", "title": "t4", "vector": None, "vector_model": None, "vector_text_hash": None}]
+    todo, skipped = plan_embedding(rows, text, "m")
+    assert skipped == 1 and [r["product_id"] for r in todo] == ["edited", "other-model", "new"]
+    assert todo[0]["text_hash"] == text_hash("t2 new")
+    assert len(plan_embedding(rows, text, "m", force=True)[0]) == 4
+
+
+def test_query_understanding_metrics():
+    gold = [{"intent": "brand_query", "spans": [{"start": 0, "end": 4, "type": "brand"}]},
+            {"intent": "product_search", "spans": [{"start": 0, "end": 3, "type": "colour"}, {"start": 4, "end": 9, "type": "category"}]},
+            {"intent": "", "spans": []}]
+    pred = [{"intent": "brand_query", "entities": [{"start": 0, "end": 4, "type": "brand", "text": "sony"}]},
+            {"intent": "brand_query", "entities": [{"start": 0, "end": 3, "type": "colour"}]},
+            {"intent": "order_support", "entities": []}]
+    got = query_understanding_metrics(gold, pred)
+    assert got["intent_accuracy"] == 0.5 and got["intent_queries"] == 2
+    assert got["intent_macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2, abs=1e-4)  # brand_query 2/3, product_search 0
+    assert got["entity_precision"] == 1.0 and got["entity_recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert got["exact_match"] == 0.5
+
+
+def test_report_renders_tables():
+    assert markdown_table({"bm25": {"m": 0.5, "q": 3}}, [("m", "M"), ("q", "Q")]).splitlines()[2] == "| bm25 | 0.5000 | 3 |"
+    payload = {"created_at": "now", "db": "x", "products": 10, "products_version": 3, "split": "test", "queries": 2,
+               "k": 10, "recall_k": 100, "judged_list": {"bm25": {"ndcg_esci": 0.9, "ndcg@10": None, "queries": 2}},
+               "full_catalogue": {"bm25": {"ndcg@10": 0.3, "recall@100": 0.5, "mrr": 0.4, "queries": 2}},
+               "skipped": {"ranker": "not given"}}
+    text = render_report(payload)
+    assert "| bm25 | 0.9000 | – | 2 |" in text and "Recall@100" in text and "ranker: not given" in text
