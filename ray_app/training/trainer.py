@@ -19,7 +19,7 @@ from typing import Any, Optional
 from ray_app.cli import JobError
 from ray_app.store import Store
 from ray_app.training.data import TaskData, load_task_data
-from schemas.training import TrainConfig, TrainResult
+from schemas.training import ModelVersion, TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +101,56 @@ def _error_summary(exc: BaseException) -> str:
     return " | ".join(line.strip() for line in useful)[:800]
 
 
+def build_task_model(config: TrainConfig, data: TaskData):
+    """The task model built on the driver: fails fast (JobError) on an unknown encoder or LoRA
+    targets that match nothing, before any Ray work; also the shell checkpoints are loaded into."""
+    from ray_app.models.encoder import ModelLoadError
+    from ray_app.models.lora import build_model
+
+    try:
+        model, _ = build_model(config.task, config.base_model, head_config(config, data.label_spaces),
+                               config.lora_settings())
+    except ModelLoadError as exc:
+        raise JobError(str(exc)) from exc
+    except ValueError as exc:
+        raise JobError(f"cannot build the {config.task} model: {exc}") from exc
+    return model
+
+
+def register_checkpoint(config: TrainConfig, data: TaskData, checkpoint, metrics: dict[str, float],
+                        model=None) -> ModelVersion:
+    """Turn a loop checkpoint (a `ray.train.Checkpoint`) into a registry version, promoted to
+    `config.alias` when set. Shared by jobs.train and tune.search (the best trial's checkpoint)."""
+    from ray_app.models.lora import save_model
+    from ray_app.registry import Registry
+    from ray_app.training.loop import load_trained_tensors
+
+    model = model if model is not None else build_task_model(config, data)
+    lora = config.lora_settings()
+    with checkpoint.as_directory() as folder:
+        load_trained_tensors(model, folder)
+
+    def save(folder: Path) -> dict[str, Any]:
+        sizes = save_model(model, folder, config.task, config.base_model, lora,
+                           extra={"max_length": config.seq_len(), "snapshot": config.snapshot})
+        return {"adapter_bytes": sizes["adapter_bytes"], "full_model_bytes": sizes["full_model_bytes"]}
+
+    registry = Registry(config.models_dir)
+    version = registry.add(config.task, save, base_model=config.base_model, lora=lora is not None,
+                           label_spaces=data.label_spaces, snapshot=config.snapshot,
+                           table_versions=data.table_versions,
+                           config=config.model_dump(mode="json", exclude={"db"}), metrics=metrics)
+    if config.alias:
+        version = registry.promote(version.name, config.alias)
+    return version
+
+
 def run_training(config: TrainConfig, store: Optional[Store] = None,
                  overrides: Optional[dict[str, Any]] = None) -> TrainResult:
     """Train `config.task` on `config.snapshot`, register the best epoch's model, return the summary."""
     from ray.train import TrainingFailedError
 
-    from ray_app.models.encoder import ModelLoadError
-    from ray_app.models.lora import build_model, save_model
-    from ray_app.registry import Registry
     from ray_app.runtime import init_ray
-    from ray_app.training.loop import load_trained_tensors
 
     started = time.monotonic()
     store = store or Store(config.db)
@@ -119,13 +159,7 @@ def run_training(config: TrainConfig, store: Optional[Store] = None,
     if not data.splits["validation"]:
         raise JobError(f"snapshot {config.snapshot!r} has no validation examples for {config.task} "
                        f"and too few train queries to carve some")
-    lora = config.lora_settings()
-    try:  # fail fast on the driver: unknown encoder, LoRA targets that match nothing
-        model, _ = build_model(config.task, config.base_model, head_config(config, data.label_spaces), lora)
-    except ModelLoadError as exc:
-        raise JobError(str(exc)) from exc
-    except ValueError as exc:
-        raise JobError(f"cannot build the {config.task} model: {exc}") from exc
+    model = build_task_model(config, data)  # fail fast on the driver
     with warnings.catch_warnings():  # Ray fork+execs its processes; lancedb's fork warning does not apply
         warnings.filterwarnings("ignore", message="lancedb fork support")
         init_ray(config.ray_address, config.num_cpus, quiet=config.quiet)
@@ -142,24 +176,10 @@ def run_training(config: TrainConfig, store: Optional[Store] = None,
     if best is None:
         raise JobError("training finished without reporting a checkpoint")
     checkpoint, best_metrics = best
-    with checkpoint.as_directory() as folder:
-        load_trained_tensors(model, folder)
     outcome = result.return_value or {}
     train_seconds = time.monotonic() - started
-
-    def save(folder: Path) -> dict[str, Any]:
-        sizes = save_model(model, folder, config.task, config.base_model, lora,
-                           extra={"max_length": config.seq_len(), "snapshot": config.snapshot})
-        return {"adapter_bytes": sizes["adapter_bytes"], "full_model_bytes": sizes["full_model_bytes"]}
-
-    registry = Registry(config.models_dir)
     metrics = {k: float(v) for k, v in best_metrics.items() if isinstance(v, (int, float))}
-    version = registry.add(config.task, save, base_model=config.base_model, lora=lora is not None,
-                           label_spaces=data.label_spaces, snapshot=config.snapshot,
-                           table_versions=data.table_versions,
-                           config=config.model_dump(mode="json", exclude={"db"}), metrics=metrics)
-    if config.alias:
-        version = registry.promote(version.name, config.alias)
+    version = register_checkpoint(config, data, checkpoint, metrics, model=model)
     return TrainResult(
         model_version=version.name, task=config.task, snapshot=config.snapshot, metric=metric, metrics=metrics,
         best_epoch=int(best_metrics.get("epoch", -1)), epochs_run=int(outcome.get("epochs_run", len(outcome.get("history", [])))),
