@@ -1,7 +1,10 @@
-"""The main job on the embedded default: a whole data platform run on a synthetic shop.
+"""The main job on the embedded default: the whole platform run on a synthetic shop.
 
   generate -> ingest (products, queries, users, events) -> weak labels (rules + behaviour)
   -> import human annotations -> snapshot + data quality report
+  -> train the joint intent+entity model (MiniLM + LoRA, Ray Train) -> embed the catalogue
+     (Ray Data actor pool, BM25 + vector index) -> evaluate on the held-out split
+  (`--no-models` stops after the snapshot)
 
 Local Ray and LanceDB in a local folder by default (`--db`, `--num-cpus`); the same stages
 run on a cluster via `ray job submit --working-dir . -- python -m jobs.main --db s3://...`.
@@ -30,6 +33,10 @@ class MainResult(BaseModel):
     labels: dict
     report: str
     seconds: dict[str, float]
+    model_version: Optional[str] = None
+    train_metrics: dict[str, float] = {}
+    evaluation: dict = {}
+    eval_report: Optional[str] = None
 
 
 class Progress:
@@ -52,7 +59,7 @@ def run(config: MainConfig) -> MainResult:
     db = config.db or "data/lancedb"
     common = {"db": db, "ray_address": config.ray_address, "num_cpus": config.num_cpus, "quiet": True}
     demo = Path(config.demo_dir)
-    progress = Progress(8)
+    progress = Progress(11 if config.models else 8)
     init_ray(config.ray_address, config.num_cpus, quiet=True)
     progress.run("generate synthetic shop", lambda: generate.run(GenerateConfig(
         out=str(demo), seed=config.seed, products=config.products, queries=config.queries,
@@ -73,11 +80,36 @@ def run(config: MainConfig) -> MainResult:
     snap = progress.run("snapshot + quality report", lambda: snapshot.run(
         SnapshotConfig(**common, name=name, note="main job", report_dir=config.report_dir)))
     summary = human.report or weak.report or {}
+    result = MainResult(db=db, snapshot=snap.name, ingest=ingested,
+                        labels={"weak": weak.written, "human": human.written, "report": _short(summary)},
+                        report=snap.report_path or "", seconds=progress.seconds)
+    if config.models:
+        _models(config, common, snap.name, progress, result)
     print(f"\nsnapshot {snap.name}: " + ", ".join(f"{t} {n:,}" for t, n in snap.row_counts.items()), file=sys.stderr)
-    print(f"quality report: {snap.report_path}", file=sys.stderr)
-    return MainResult(db=db, snapshot=snap.name, ingest=ingested,
-                      labels={"weak": weak.written, "human": human.written, "report": _short(summary)},
-                      report=snap.report_path or "", seconds=progress.seconds)
+    print(f"data quality report: {snap.report_path}", file=sys.stderr)
+    if result.eval_report:
+        print(f"model {result.model_version}; evaluation report: {result.eval_report}", file=sys.stderr)
+    return result
+
+
+def _models(config: MainConfig, common: dict, snapshot_name: str, progress: Progress, result: MainResult) -> None:
+    """Small training, indexing and evaluation on the snapshot (minutes on 2 CPUs)."""
+    from jobs import embed, evaluate, train
+    from schemas.evaluation import EmbedConfig, EvaluateConfig
+    from schemas.training import TrainConfig
+
+    trained = progress.run("train intent+entity (MiniLM + LoRA, Ray Train)", lambda: train.run(TrainConfig(
+        **common, task="intent_entity", snapshot=snapshot_name, epochs=config.train_epochs, num_workers=1,
+        cpus_per_worker=float(config.num_cpus or 2), lr=2e-3, lora_r=16, lora_alpha=32, batch_size=16,
+        models_dir=config.models_dir, alias="candidate", storage_path="artifacts/ray_results")))
+    progress.run("embed catalogue + indexes", lambda: embed.run(EmbedConfig(**common, model="minilm", batch_size=64)))
+    evaluated = progress.run("evaluate", lambda: evaluate.run(EvaluateConfig(
+        **common, snapshot=snapshot_name, intent_model=trained.model_version, models_dir=config.models_dir,
+        report_dir=config.report_dir)))
+    result.model_version, result.train_metrics = trained.model_version, trained.metrics
+    result.evaluation = getattr(evaluated, "query_understanding", {}) or {}
+    result.eval_report = getattr(evaluated, "report_path", None)
+    result.seconds = dict(progress.seconds)
 
 
 def _short(report: dict) -> dict:

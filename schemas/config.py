@@ -84,6 +84,9 @@ class MainConfig(JobConfig):
     users: int = 500
     events: int = 50000
     report_dir: str = "artifacts/reports"
+    models: bool = Field(True, description="go on after the snapshot: train the intent+entity model (LoRA), embed the catalogue, evaluate")
+    train_epochs: int = Field(2, ge=1, description="epochs of the main job's small training run")
+    models_dir: str = Field("artifacts/models", description="model registry folder")
 
 
 KEYS = TABLE_KEYS

@@ -55,7 +55,8 @@ def test_snapshot_job_reports_changes(tmp_path, capsys):
 
 def test_main_job_small(ray_session, tmp_path):
     result = main_job.run(MainConfig(db=str(tmp_path / "db"), demo_dir=str(tmp_path / "demo"), products=300,
-                                     queries=120, users=40, events=4000, report_dir=str(tmp_path / "reports")))
+                                     queries=120, users=40, events=4000, report_dir=str(tmp_path / "reports"),
+                                     models=False))
     for table, counts in result.ingest.items():
         assert counts["read"] == counts["accepted"] + counts["quarantined"] + counts["duplicates"], table
     assert result.labels["weak"]["rule"] > 0 and result.labels["human"]["human"] > 0
