@@ -100,7 +100,7 @@ def _models(config: MainConfig, common: dict, snapshot_name: str, progress: Prog
 
     trained = progress.run("train intent+entity (MiniLM + LoRA, Ray Train)", lambda: train.run(TrainConfig(
         **common, task="intent_entity", snapshot=snapshot_name, epochs=config.train_epochs, num_workers=1,
-        cpus_per_worker=float(config.num_cpus or 2), lr=2e-3, lora_r=16, lora_alpha=32, batch_size=16,
+        cpus_per_worker=float(config.num_cpus or 2), lr=1e-3, lora_r=16, lora_alpha=32, batch_size=16,
         models_dir=config.models_dir, alias="candidate", storage_path="artifacts/ray_results")))
     progress.run("embed catalogue + indexes", lambda: embed.run(EmbedConfig(**common, model="minilm", batch_size=64)))
     evaluated = progress.run("evaluate", lambda: evaluate.run(EvaluateConfig(
