@@ -36,3 +36,21 @@ def test_ranker_trains_on_behaviour_labels_and_human_wins(tmp_path):
     assert sorted(__import__("json").loads(q0["gains"])) == [0, 0, 2, 3]  # human S beat behaviour I on (q0, p1)
     with pytest.raises(JobError, match="not found"):
         load_task_data(store, "missing", "ranker")
+
+
+def test_training_rows_are_shuffled_not_grouped_by_intent(tmp_path):
+    """Ids that sort by intent (as SNIPS's do) must not reach training one intent after another."""
+    store = Store(str(tmp_path / "db"))
+    now = utcnow()
+    intents = ["a", "b", "c", "d"]
+    queries = [{"query_id": f"{it}-{i:03d}", "text": f"{it} query {i}", "split": "train", "updated_at": now}
+               for it in intents for i in range(50)]
+    store.upsert("queries", rows_to_arrow(queries, "queries"))
+    store.upsert("labels", rows_to_arrow([{"label_id": label_id(q["query_id"], "intent", "human", "x"), "target_type": "query",
+                                           "target_id": q["query_id"], "task": "intent", "value": q["query_id"][0],
+                                           "source": "human", "annotator": "x", "created_at": now} for q in queries], "labels"))
+    store.create_snapshot("s")
+    train = load_task_data(store, "s", "intent_entity").splits["train"]
+    first = [r["intent"] for r in train[:20]]
+    assert len(set(first)) >= 3
+    assert train == load_task_data(store, "s", "intent_entity").splits["train"]  # deterministic
