@@ -32,12 +32,9 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import load_avg, write_results  # noqa: E402
 from ray_app.index import build_vector_index, exact_search, index_plan, load_text_encoder, vector_array, vector_search  # noqa: E402
 from ray_app.store import Store, rows_to_arrow  # noqa: E402
-
-
-def load_avg() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 def synthetic_products(n: int, seed: int = 7) -> list[dict]:
@@ -186,9 +183,7 @@ def main() -> None:
             summary["embed"] = bench_embed(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary))
+    write_results(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import ray
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_results  # noqa: E402
+
 from ray_app.ingest.clean import CleanContext, Reject, clean_record  # noqa: E402
 from ray_app.ingest.pipeline import ingest_table  # noqa: E402
 from ray_app.runtime import init_ray  # noqa: E402
@@ -125,9 +127,7 @@ def main() -> None:
                    "ray_2cpu_vs_pandas": round(results["ray_data_2cpu"]["rows_per_second"] / base, 2),
                    "ray_2cpu_vs_1cpu": round(results["ray_data_2cpu"]["rows_per_second"] / results["ray_data_1cpu"]["rows_per_second"], 2)},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary))
+    write_results(args.out, summary)
     shutil.rmtree(work, ignore_errors=True)
 
 

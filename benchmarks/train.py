@@ -21,7 +21,6 @@ machine distort far less than samples per wall-second. Results: benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -36,6 +35,8 @@ from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import write_results  # noqa: E402
 
 DEFAULT_SNIPS = ROOT.parent / "shared" / "data" / "snips"
 ALL_RUNS = ("plain_lora", "ray_lora_1w", "ray_lora_2w", "ray_full_1w")
@@ -179,7 +180,7 @@ def plain_loop(cfg: dict[str, Any], data, threads: int) -> dict[str, Any]:
     import torch
 
     from ray_app.models.lora import build_model
-    from ray_app.training.loop import linear_schedule, make_optimizer, save_checkpoint
+    from ray_app.training.loop import linear_schedule, make_optimizer, optimizer_step, save_checkpoint
     from ray_app.training.tasks import TASK_FUNCS
     from schemas.training import LoraSettings
 
@@ -204,11 +205,7 @@ def plain_loop(cfg: dict[str, Any], data, threads: int) -> dict[str, Any]:
         for i in range(0, n, bs):
             batch = {k: v[order[i:i + bs]] for k, v in train.items()}
             loss = model(**collate(batch, tokenizer, cfg, epoch=epoch))["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(model, loss, optimizer, scheduler, cfg["max_grad_norm"])
             loss_sum += float(loss.detach())
             steps += 1
         train_s.append(time.perf_counter() - start)
@@ -410,9 +407,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary))
+    write_results(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 from ray_app.cli import JobError, main_wrapper
 from ray_app.ingest.adapters import Source, esci_sources, list_files, snips_sources
-from ray_app.ingest.pipeline import ingest_table
-from ray_app.ingest.readers import detect_format
+from ray_app.ingest.pipeline import ingest_table, known_format
 from ray_app.privacy import DEV_KEY_WARNING, resolve_key
 from ray_app.runtime import init_ray
 from ray_app.store import Store
@@ -39,7 +37,7 @@ def plan_sources(config: IngestConfig) -> list[Source]:
             raise JobError("--table is required with --source generic (products, queries, users, events, judgments or labels)")
         files = list_files(config.path)
         if not config.format:  # in a folder, only files whose name says a known format
-            files = [f for f in files if _known_format(f)]
+            files = [f for f in files if known_format(f)]
     except FileNotFoundError as exc:
         raise JobError(f"cannot read the input: {exc}") from exc
     except OSError as exc:
@@ -47,14 +45,6 @@ def plan_sources(config: IngestConfig) -> list[Source]:
     if not files:
         raise JobError(f"cannot read the input: {config.path} contains no CSV, JSONL, JSON or Parquet files")
     return [Source(config.table, files, None, config.map)]
-
-
-def _known_format(path: str) -> bool:
-    try:
-        detect_format(path)
-        return True
-    except ValueError:
-        return False
 
 
 def run(config: IngestConfig) -> IngestResult:

@@ -49,7 +49,7 @@ def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int) 
     files = []
     for path in paths:  # folders expand to the files in them whose names say a known format
         listed = list_files(path)
-        files += listed if len(listed) == 1 and listed[0] == path else [f for f in listed if _known(f, forced_format)]
+        files += listed if len(listed) == 1 and listed[0] == path else [f for f in listed if known_format(f, forced_format)]
     units = []
     for path in files:
         fmt = detect_format(path, forced_format)
@@ -62,7 +62,8 @@ def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int) 
     return units
 
 
-def _known(path: str, forced_format: Optional[str]) -> bool:
+def known_format(path: str, forced_format: Optional[str] = None) -> bool:
+    """True when the path's name (or `forced_format`) says a format the readers take."""
     try:
         detect_format(path, forced_format)
         return True
