@@ -45,6 +45,15 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def optimizer_step(model: torch.nn.Module, loss: torch.Tensor, optimizer, scheduler, max_grad_norm: float) -> None:
+    """One update: backward, clip the trainable parameters' gradient norm, AdamW step, lr schedule step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+
+
 def save_checkpoint(folder: str, model, optimizer, scheduler, state: dict[str, Any]) -> None:
     from ray_app.models.lora import trainable_state_dict
 
@@ -146,11 +155,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             inputs = {k: v.to(device) for k, v in collate(batch, tokenizer, cfg, epoch=epoch).items()}
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss = model(**inputs)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(model, loss, optimizer, scheduler, cfg["max_grad_norm"])
             loss_sum += float(loss.detach())
             steps += 1
             _maybe_fail(cfg, epoch, rank)
@@ -174,6 +179,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         state["history"].append({k: float(v) for k, v in metrics.items()})
         stop = cfg["patience"] > 0 and state["bad_epochs"] >= cfg["patience"]
         metrics.update({"best_epoch": state["best_epoch"], "restarts": state["restarts"], "early_stopped": int(stop)})
+        if rank == 0:  # one line per epoch in the driver's log (Ray forwards worker stdout)
+            shown = {k: round(float(v), 4) for k, v in metrics.items() if k.startswith("val_") or k == "train_loss"}
+            print(f"epoch {epoch + 1}/{cfg['epochs']}: {json.dumps(shown)}", flush=True)
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 save_checkpoint(folder, model, optimizer, scheduler, state)
