@@ -8,6 +8,7 @@ base encoder's name, to rebuild the head when a saved model is loaded.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 import torch
@@ -107,13 +108,17 @@ class JointIntentEntityModel(nn.Module):
 
 
 def listwise_loss(scores: torch.Tensor, gains: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """ListNet top-one loss: cross-entropy between softmax(gains) and softmax(scores) per query."""
+    """Softmax cross-entropy per query list (TF-Ranking's SoftmaxLoss, a ListNet top-one loss):
+    target p_i = (2^gain_i - 1) / sum_j (2^gain_j - 1), the NDCG gains, so with ESCI grades
+    E:S:C = 7:3:1 and irrelevant items get no mass (softmax(gains) as target would give I items
+    1/20 of E's and make lists nearly flat). Lists with nothing relevant are skipped."""
     losses = []
     for g in torch.unique(groups):
         idx = groups == g
-        if idx.sum() < 2:
+        rel = torch.pow(2.0, gains[idx].float()) - 1.0
+        if idx.sum() < 2 or float(rel.sum()) <= 0:
             continue
-        target = torch.softmax(gains[idx].float(), dim=0)
+        target = rel / rel.sum()
         losses.append(-(target * torch.log_softmax(scores[idx].float(), dim=0)).sum())
     return torch.stack(losses).mean() if losses else scores.sum() * 0.0
 
@@ -123,28 +128,127 @@ def pointwise_loss(scores: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(scores.float(), gains.float() / MAX_GAIN)
 
 
+POOLINGS = ("residual", "segments", "mean", "cls")
+
+
+class CosineScore(nn.Module):
+    """exp(log_scale) * cos(a, b) + bias: a learned temperature and offset on a cosine."""
+
+    def __init__(self, init_scale: float = 20.0):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.exp() * F.cosine_similarity(a.float(), b.float(), dim=-1) + self.bias
+
+
+class ResidualScore(nn.Module):
+    """exp(log_scale) * cos(query, product) + bias + linear(pair): a bi-encoder similarity plus a
+    cross-encoder correction whose weights start at zero, so the untrained score IS the sentence
+    encoder's ranking and fine-tuning can only start from there."""
+
+    def __init__(self, hidden_size: int, init_scale: float = 20.0):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.cross = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.cross.weight)
+        nn.init.zeros_(self.cross.bias)
+
+    def forward(self, query: torch.Tensor, product: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+        cos = F.cosine_similarity(query.float(), product.float(), dim=-1)
+        return self.log_scale.exp() * cos + self.bias + self.cross(pair.float()).squeeze(-1)
+
+
+def ranker_inputs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_length: int,
+                  pooling: str) -> dict[str, torch.Tensor]:
+    """Tensors a CrossEncoderRanker takes: the (query, product) pairs, plus query-only (`q_`) and
+    product-only (`d_`) encodings for the residual pooling's bi-encoder term."""
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    enc = tokenizer(list(queries), list(docs), padding=True, truncation="only_second", max_length=max_length,
+                    return_tensors="pt")
+    out = {k: enc[k] for k in keys if k in enc}
+    if pooling == "residual":
+        for prefix, texts in (("q_", queries), ("d_", docs)):
+            single = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            out.update({prefix + k: single[k] for k in ("input_ids", "attention_mask")})
+    return out
+
+
 class CrossEncoderRanker(nn.Module):
-    """Scores a (query, product text) pair from [CLS]; pointwise or listwise training loss."""
+    """Scores a (query, product text) pair encoded together; pointwise or listwise training loss.
+
+    Pooling (what the score is read from):
+    - "residual" (default): exp(s) * cos(query alone, product alone) + b + w . mean(pair): the
+      sentence encoder's own similarity (each text encoded alone, mean-pooled) plus a linear
+      cross-encoder term on the joint encoding that starts at zero. One shared, LoRA-tuned encoder
+      runs three times per pair (pair, query, product). Without cross-encoder pre-training this is
+      what learns from a hundred judged queries: training starts from the bi-encoder's ranking.
+    - "segments": the cosine of the mean query-token vector and the mean product-token
+      vector of the joint encoding (split by token_type_ids), times a learned scale, plus a bias.
+      Query and product still attend to each other in every layer (a cross-encoder), but the
+      score starts where a sentence encoder such as all-MiniLM-L6-v2 is already good: with no
+      cross-encoder pre-training, a fresh linear head learns nothing useful from a hundred
+      judged queries, while this starts near the bi-encoder's ranking and is fine-tuned from there.
+    - "mean" / "cls": a linear head on the mean of all tokens / on [CLS] (for encoders that were
+      pre-trained as cross-encoders, or tokenizers without segment ids).
+    """
 
     task = "ranker"
     head_names = ["score_head"]
 
-    def __init__(self, backbone: nn.Module, loss: str = "listwise", dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, loss: str = "listwise", dropout: float = 0.1, pooling: str = "residual",
+                 init_scale: float = 20.0):
         super().__init__()
         if loss not in ("pointwise", "listwise"):
             raise ValueError(f"ranker loss must be pointwise or listwise, got {loss!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"ranker pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.backbone = _drop_pooler(backbone)
         self.loss_type = loss
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.score_head = nn.Linear(backbone.config.hidden_size, 1)
+        # one head module either way (no unused parameters under DDP; LoRA's modules_to_save keeps it trainable)
+        hidden = backbone.config.hidden_size
+        self.score_head = (ResidualScore(hidden, init_scale) if pooling == "residual"
+                           else CosineScore(init_scale) if pooling == "segments" else nn.Linear(hidden, 1))
+        self.init_scale = init_scale
 
     def head_config(self) -> dict[str, Any]:
-        return {"loss": self.loss_type, "dropout": self.dropout.p}
+        return {"loss": self.loss_type, "dropout": self.dropout.p, "pooling": self.pooling, "init_scale": self.init_scale}
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, gains=None, groups=None):
+    def _alone(self, input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor], what: str) -> torch.Tensor:
+        if input_ids is None:
+            raise ValueError(f"ranker pooling 'residual' needs the {what} encoded alone (see heads.ranker_inputs)")
+        return mean_pool(self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                         attention_mask)
+
+    def _score(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+               token_type_ids: Optional[torch.Tensor], alone: dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+        if self.pooling == "residual":
+            query = self._alone(alone.get("q_input_ids"), alone.get("q_attention_mask"), "query")
+            product = self._alone(alone.get("d_input_ids"), alone.get("d_attention_mask"), "product")
+            return self.score_head(query, product, self.dropout(mean_pool(hidden, attention_mask)))
+        if self.pooling == "cls":
+            return self.score_head(self.dropout(hidden[:, 0])).squeeze(-1)
+        if self.pooling == "mean":
+            return self.score_head(self.dropout(mean_pool(hidden, attention_mask))).squeeze(-1)
+        if token_type_ids is None:
+            raise ValueError("ranker pooling 'segments' needs token_type_ids (a BERT-style tokenizer); "
+                             "use pooling 'mean' or 'cls' for this encoder")
+        valid = attention_mask.bool()
+        query = mean_pool(hidden, (valid & (token_type_ids == 0)).long())
+        product = mean_pool(hidden, (valid & (token_type_ids == 1)).long())
+        return self.score_head(query, product)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, gains=None, groups=None,
+                q_input_ids=None, q_attention_mask=None, d_input_ids=None, d_attention_mask=None):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                token_type_ids=token_type_ids).last_hidden_state
-        scores = self.score_head(self.dropout(hidden[:, 0])).squeeze(-1)
+        alone = {"q_input_ids": q_input_ids, "q_attention_mask": q_attention_mask,
+                 "d_input_ids": d_input_ids, "d_attention_mask": d_attention_mask}
+        scores = self._score(hidden, attention_mask, token_type_ids, alone)
         out = {"scores": scores}
         if gains is not None:
             if self.loss_type == "listwise" and groups is not None:
@@ -163,10 +267,8 @@ class CrossEncoderRanker(nn.Module):
         try:
             for start in range(0, len(docs), batch_size):
                 chunk = [str(d) for d in docs[start:start + batch_size]]
-                enc = tokenizer([query] * len(chunk), chunk, padding=True, truncation="only_second",
-                                max_length=max_length, return_tensors="pt")
-                inputs = {k: v.to(_device(self)) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-                scores += self.forward(**inputs)["scores"].float().cpu().tolist()
+                enc = ranker_inputs(tokenizer, [query] * len(chunk), chunk, max_length, self.pooling)
+                scores += self.forward(**{k: v.to(_device(self)) for k, v in enc.items()})["scores"].float().cpu().tolist()
         finally:
             self.train(was_training)
         return scores
@@ -222,4 +324,6 @@ def build_head(task: str, backbone: nn.Module, head_config: dict[str, Any]) -> n
     """A head of `task` on `backbone` from its saved `head_config()`."""
     if task not in HEADS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(HEADS)}")
+    if task == "ranker":  # rankers saved before `pooling` existed read [CLS]
+        head_config = {"pooling": "cls", **head_config}
     return HEADS[task](backbone, **head_config)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ray_app.metrics import ndcg_at_k, prf_from_counts, retrieval_metrics
+from ray_app.models.heads import ranker_inputs
 from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_bio, encode_with_tags
 
 ENC_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -110,8 +111,7 @@ def collate_ranker(batch, tokenizer, cfg, epoch: int = 0, sample: bool = True) -
         docs += d
         gains += g
         groups += [i] * len(d)
-    enc = tokenizer(queries, docs, padding=True, truncation="only_second", max_length=cfg["max_length"])
-    out = _tensors(enc)
+    out = ranker_inputs(tokenizer, queries, docs, cfg["max_length"], cfg["head_config"].get("pooling", "cls"))
     out["gains"] = torch.tensor(gains, dtype=torch.float32)
     out["groups"] = torch.tensor(groups, dtype=torch.long)
     return out

@@ -30,7 +30,7 @@ def head_config(config: TrainConfig, label_spaces: dict[str, list[str]]) -> dict
         return {"intents": label_spaces["intents"], "entity_types": label_spaces["entity_types"],
                 "oos_threshold": config.oos_threshold, "fallback_intent": config.fallback_intent}
     if config.task == "ranker":
-        return {"loss": config.ranker_loss}
+        return {"loss": config.ranker_loss, "pooling": config.ranker_pooling}
     return {"temperature": config.temperature}
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ray_app.models.encoder import ModelLoadError, encode_texts, load_encoder, tiny_bert
-from ray_app.models.heads import BiEncoder, CrossEncoderRanker, JointIntentEntityModel, listwise_loss
+from ray_app.models.heads import BiEncoder, CrossEncoderRanker, JointIntentEntityModel, listwise_loss, ranker_inputs
 from ray_app.models.lora import apply_lora, load_saved_model, merge_lora, save_model
 from ray_app.models.tokenize import IGNORE_INDEX, align_bio, bio_tags, decode_bio
 from schemas.training import LoraSettings
@@ -168,17 +168,71 @@ def test_joint_predict_out_of_scope_threshold(tiny):
 
 def test_ranker_pointwise_and_listwise_losses(tiny):
     tok = tiny[1]
-    inputs = _batch(tok, ["nike shoes"] * 3, ["Nike running shoe", "Sony TV", "Adidas shoe"])
+    inputs = ranker_inputs(tok, ["nike shoes"] * 3, ["Nike running shoe", "Sony TV", "Adidas shoe"], 32, "residual")
     gains, groups = torch.tensor([3.0, 0.0, 1.0]), torch.tensor([0, 0, 0])
     for loss in ("pointwise", "listwise"):
         ranker = CrossEncoderRanker(tiny_bert()[0], loss=loss)
         out = ranker(**inputs, gains=gains, groups=groups)
         assert out["scores"].shape == (3,) and out["loss"].dim() == 0 and torch.isfinite(out["loss"])
-    # hand check: equal scores, gains (3, 0) -> -(softmax(3,0) . log(1/2, 1/2)) = log 2
+    # hand checks: target (2^g - 1) normalised. Equal scores, gains (3, 0): -(1, 0) . log(1/2, 1/2) = log 2;
+    # gains (3, 2, 0), scores (0, 0, 0): -(7/10 log 1/3 + 3/10 log 1/3) = log 3; a list of only I is skipped
     assert float(listwise_loss(torch.zeros(2), torch.tensor([3.0, 0.0]), torch.tensor([0, 0]))) == pytest.approx(np.log(2))
+    assert float(listwise_loss(torch.zeros(3), torch.tensor([3.0, 2.0, 0.0]), torch.tensor([0, 0, 0]))) == pytest.approx(np.log(3))
+    scores = torch.tensor([2.0, 1.0, 0.0, 5.0, 1.0])
+    two = listwise_loss(scores, torch.tensor([3.0, 2.0, 0.0, 0.0, 0.0]), torch.tensor([0, 0, 0, 1, 1]))
+    assert float(two) == pytest.approx(float(listwise_loss(scores[:3], torch.tensor([3.0, 2.0, 0.0]), torch.tensor([0, 0, 0]))))
     assert len(ranker.score("nike shoes", ["Nike running shoe", "Sony TV"], tok)) == 2
     with pytest.raises(ValueError):
         CrossEncoderRanker(tiny_bert()[0], loss="pairwise")
+
+
+def test_ranker_pooling_segments_mean_or_cls_and_is_saved(tiny):
+    tok = tiny[1]
+    inputs = _batch(tok, ["nike shoes"] * 2, ["Nike running shoe with a long description", "Sony TV"])
+    seg, mean, cls = (CrossEncoderRanker(tiny_bert()[0], pooling=p) for p in ("segments", "mean", "cls"))
+    for model in (seg, mean, cls):
+        model.eval()
+    hidden = seg.backbone(**inputs).last_hidden_state
+    am, tt = inputs["attention_mask"], inputs["token_type_ids"]
+    # segments: cosine of the query-token mean and the product-token mean, times the scale (20 at start)
+    q_mask = ((tt == 0) & (am == 1)).unsqueeze(-1).float()
+    d_mask = ((tt == 1) & (am == 1)).unsqueeze(-1).float()
+    cos = torch.nn.functional.cosine_similarity((hidden * q_mask).sum(1) / q_mask.sum(1),
+                                                (hidden * d_mask).sum(1) / d_mask.sum(1), dim=-1)
+    assert torch.allclose(seg(**inputs)["scores"], 20.0 * cos, atol=1e-5)
+    mask = am.unsqueeze(-1).float()
+    assert torch.allclose(mean(**inputs)["scores"],
+                          mean.score_head((hidden * mask).sum(1) / mask.sum(1)).squeeze(-1), atol=1e-6)
+    assert torch.allclose(cls(**inputs)["scores"], cls.score_head(hidden[:, 0]).squeeze(-1), atol=1e-6)
+    assert [m.head_config()["pooling"] for m in (seg, mean, cls)] == ["segments", "mean", "cls"]
+    # every parameter of the head takes part (DDP would fail on unused ones)
+    seg.train()
+    seg(**inputs, gains=torch.tensor([3.0, 0.0]), groups=torch.tensor([0, 0]))["loss"].backward()
+    assert all(p.grad is not None for p in seg.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="token_type_ids"):
+        seg(input_ids=inputs["input_ids"], attention_mask=am)
+    with pytest.raises(ValueError, match="pooling"):
+        CrossEncoderRanker(tiny_bert()[0], pooling="max")
+
+
+def test_ranker_residual_starts_at_the_bi_encoder_cosine_and_learns(tiny):
+    tok = tiny[1]
+    queries, docs = ["nike shoes"] * 3, ["Nike running shoe", "Sony TV with a remote", "Adidas shoe"]
+    ranker = CrossEncoderRanker(tiny_bert()[0])  # residual is the default
+    assert ranker.head_config()["pooling"] == "residual"
+    ranker.eval()
+    inputs = ranker_inputs(tok, queries, docs, 32, "residual")
+    q = encode_texts(ranker.backbone, tok, queries[:1], max_length=32)
+    d = encode_texts(ranker.backbone, tok, docs, max_length=32)
+    # untrained: exactly 20 x the bi-encoder cosine (the cross term starts at zero)
+    assert np.allclose(ranker(**inputs)["scores"].detach().numpy(), 20.0 * (d @ q[0]), atol=1e-4)
+    assert np.allclose(ranker.score("nike shoes", docs, tok, max_length=32), 20.0 * (d @ q[0]), atol=1e-4)
+    ranker.train()
+    out = ranker(**inputs, gains=torch.tensor([3.0, 0.0, 2.0]), groups=torch.tensor([0, 0, 0]))
+    out["loss"].backward()
+    assert all(p.grad is not None for p in ranker.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="alone"):
+        ranker(**{k: v for k, v in inputs.items() if not k.startswith(("q_", "d_"))})
 
 
 def test_bi_encoder_infonce_with_hard_negatives_and_group_mask(tiny):
@@ -229,7 +283,7 @@ def test_full_finetune_save_and_reload(tiny, tmp_path):
     model = CrossEncoderRanker(tiny_bert()[0], loss="pointwise")
     _perturb(model)
     model.eval()
-    inputs = _batch(tok, ["q", "q"], ["doc one", "doc two"])
+    inputs = ranker_inputs(tok, ["q", "q"], ["doc one", "doc two"], 32, "residual")
     sizes = save_model(model, tmp_path / "full", "ranker", "tiny-bert", None)
     assert sizes["adapter_bytes"] == 0
     loaded, _, _ = load_saved_model(tmp_path / "full")
