@@ -1,7 +1,7 @@
 """Offline evaluation: ranking, retrieval and query understanding, all systems side by side.
 
   python -m jobs.evaluate --db DIR [--dataset esci] [--split test] [--snapshot NAME]
-         [--baseline minilm|none] [--retriever retriever@production] [--ranker ranker@production]
+         [--baseline minilm|none] [--retriever retriever@production] [--ranker ranker@production ...]
          [--intent-model intent_entity@production] [--rerank-depth 50] [--ann] [--out eval.json]
 
 Systems (one run, the same queries): BM25 (LanceDB FTS over title and brand), the
@@ -128,13 +128,15 @@ def build_systems(config: EvaluateConfig, tbl, products: pa.Table, texts: dict[s
         return systems
     from ray_app.registry import Registry
 
-    ranker = Registry(config.models_dir).load_model(config.ranker, task="ranker")
     base = "retriever" if config.rerank_base == "retriever" else "hybrid"
     base_system = dense.get("retriever") if base == "retriever" else systems.get("hybrid")
-    if base_system is None:
-        skipped[f"rerank:{ranker.version.name}"] = f"no {base} candidates to re-rank"
-    else:
-        systems[f"rerank:{ranker.version.name}"] = Rerank(ranker, base_system, texts, config.rerank_depth, base)
+    registry = Registry(config.models_dir)
+    for name in config.ranker:  # several rankers re-rank the same candidates
+        ranker = registry.load_model(name, task="ranker")
+        if base_system is None:
+            skipped[f"rerank:{ranker.version.name}"] = f"no {base} candidates to re-rank"
+        else:
+            systems[f"rerank:{ranker.version.name}"] = Rerank(ranker, base_system, texts, config.rerank_depth, base)
     return systems
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from schemas.config import JobConfig
 
@@ -71,7 +71,8 @@ class EvaluateConfig(JobConfig):
                                                       "(products are always the live, indexed table)")
     baseline: str = Field("minilm", description="untuned bi-encoder compared against ('none' skips it)")
     retriever: Optional[str] = Field(None, description="fine-tuned bi-encoder: registry version or alias (retriever@production)")
-    ranker: Optional[str] = Field(None, description="fine-tuned cross-encoder: registry version or alias")
+    ranker: list[str] = Field(default_factory=list, description="fine-tuned cross-encoder: registry version or alias; "
+                                                                "repeat to compare several over the same candidates")
     intent_model: Optional[str] = Field(None, description="joint intent + entity model: registry version or alias")
     models_dir: Optional[str] = Field(None, description="model registry folder (default $SHOPSEARCH_MODELS or artifacts/models)")
     fts_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_FTS_COLUMNS),
@@ -88,6 +89,11 @@ class EvaluateConfig(JobConfig):
     batch_size: int = Field(64, ge=1, description="encoder batch size")
     report_dir: str = Field("artifacts/reports", description="where eval-<timestamp>.md goes")
     out: Optional[str] = Field(None, description="figures as JSON (default <report_dir>/eval-<timestamp>.json)")
+
+    @field_validator("ranker", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else [] if value is None else value
 
 
 class EvaluateResult(BaseModel):
