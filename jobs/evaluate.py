@@ -8,7 +8,8 @@ Systems (one run, the same queries): BM25 (LanceDB FTS over title and brand), th
 untuned bi-encoder (`--baseline`, all-MiniLM-L6-v2 by default), the fine-tuned bi-encoder
 (`--retriever`), hybrid (reciprocal-rank fusion of BM25 and the best bi-encoder), and the
 fine-tuned cross-encoder (`--ranker`) re-ranking the top `--rerank-depth` of the hybrid (or of the
-retriever with --rerank-base retriever). Protocols are described in `ray_app/evaluation.py`.
+retriever with --rerank-base retriever); with --rerank-fusion also the re-ranking stage that fuses
+the cross-encoder's order with the candidates' first-stage order (RRF). Protocols are described in `ray_app/evaluation.py`.
 Vector search is exact brute force by default (models compare without index error); product
 vectors come from the table when they were made by the same model from the same text, else they
 are encoded here. Queries/judgments/labels are read from --snapshot when given; products are the
@@ -27,8 +28,8 @@ from typing import Any, Optional, Sequence
 import pyarrow as pa
 
 from ray_app.cli import JobError, main_wrapper
-from ray_app.evaluation import (BM25, Dense, Hybrid, Rerank, catalogue_metrics, judged_list_metrics, mean_metrics,
-                                query_understanding_metrics, render_report)
+from ray_app.evaluation import (BM25, Dense, Hybrid, Rerank, RerankFusion, catalogue_metrics, judged_list_metrics,
+                                mean_metrics, query_understanding_metrics, render_report)
 from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, fts_columns_indexed, load_text_encoder
 from ray_app.store import Store, StoreError, utcnow
 from ray_app.training.data import product_text, resolve_labels
@@ -136,7 +137,9 @@ def build_systems(config: EvaluateConfig, tbl, products: pa.Table, texts: dict[s
         if base_system is None:
             skipped[f"rerank:{ranker.version.name}"] = f"no {base} candidates to re-rank"
         else:
-            systems[f"rerank:{ranker.version.name}"] = Rerank(ranker, base_system, texts, config.rerank_depth, base)
+            rerank = systems[f"rerank:{ranker.version.name}"] = Rerank(ranker, base_system, texts, config.rerank_depth, base)
+            if config.rerank_fusion:
+                systems[f"rerank+rrf:{ranker.version.name}"] = RerankFusion(rerank, config.rrf_k)
     return systems
 
 

@@ -161,19 +161,56 @@ class Rerank:
     def __init__(self, ranker, base, texts: dict[str, str], depth: int, base_name: str):
         self.ranker, self.base, self.texts, self.depth = ranker, base, texts, depth
         self.about = f"cross-encoder {ranker.version.name} re-ranking the top {depth} of {base_name}"
+        self._cache: dict[tuple[str, str], float] = {}  # (query text, product id) -> score, shared with RerankFusion
 
     def prepare(self, queries: list[dict]) -> None:
         self.base.prepare(queries)
 
+    def scores(self, q: dict, pids: Sequence[str]) -> list[float]:
+        todo = [p for p in dict.fromkeys(pids) if (q["text"], p) not in self._cache]
+        if todo:
+            fresh = self.ranker.score(q["text"], [self.texts[p] for p in todo])
+            self._cache.update({(q["text"], p): float(s) for p, s in zip(todo, fresh)})
+        return [self._cache[(q["text"], p)] for p in pids]
+
     def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
-        return dict(zip(pids, self.ranker.score(q["text"], [self.texts[p] for p in pids])))
+        return dict(zip(pids, self.scores(q, pids)))
+
+    def candidates(self, q: dict, depth: int) -> tuple[list[str], list[str]]:
+        """The base system's top `self.depth` (re-ranked) and what follows it (kept in order)."""
+        found = self.base.retrieve(q, max(depth, self.depth))
+        return found[:self.depth], found[self.depth:]
 
     def retrieve(self, q: dict, depth: int) -> list[str]:
-        found = self.base.retrieve(q, max(depth, self.depth))
-        head = found[:self.depth]
-        scores = self.ranker.score(q["text"], [self.texts[p] for p in head])
-        order = np.argsort(-np.asarray(scores), kind="stable")
-        return ([head[i] for i in order] + found[self.depth:])[:depth]
+        head, tail = self.candidates(q, depth)
+        order = np.argsort(-np.asarray(self.scores(q, head)), kind="stable")
+        return ([head[i] for i in order] + tail)[:depth]
+
+
+class RerankFusion:
+    """The re-ranking stage as many engines ship it: the cross-encoder's order fused with the
+    first stage's order (reciprocal-rank fusion) instead of replacing it. Shares the ranker's
+    scores with the plain `Rerank` it wraps, so the report shows what fusion adds on its own."""
+
+    def __init__(self, rerank: Rerank, k: int):
+        self.rerank, self.k = rerank, k
+        self.about = (f"reciprocal-rank fusion (k={k}) of {rerank.ranker.version.name}'s order and the first stage's, "
+                      f"over the same top {rerank.depth}")
+
+    def prepare(self, queries: list[dict]) -> None:
+        self.rerank.prepare(queries)
+
+    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
+        base = self.rerank.base.judged(q, pids)
+        first = sorted((p for p in pids if base.get(p) is not None), key=lambda p: -base[p])
+        mine = self.rerank.judged(q, pids)
+        return dict(rrf([first, sorted(pids, key=lambda p: -mine[p])], self.k))
+
+    def retrieve(self, q: dict, depth: int) -> list[str]:
+        head, tail = self.rerank.candidates(q, depth)
+        order = np.argsort(-np.asarray(self.rerank.scores(q, head)), kind="stable")
+        fused = [p for p, _ in rrf([head, [head[i] for i in order]], self.k)]
+        return (fused + tail)[:depth]
 
 
 def product_matrix(encoder, products: pa.Table, texts: dict[str, str], log) -> tuple[np.ndarray, int]:

@@ -82,6 +82,8 @@ class EvaluateConfig(JobConfig):
     rerank_depth: int = Field(50, ge=1, description="candidates the cross-encoder re-ranks")
     rerank_base: Literal["auto", "retriever", "hybrid"] = Field(
         "auto", description="whose top candidates the cross-encoder re-ranks (auto: the hybrid)")
+    rerank_fusion: bool = Field(True, description="also report the re-ranking stage that fuses the cross-encoder's order "
+                                                   "with the first stage's (reciprocal-rank fusion, --rrf-k)")
     rrf_k: int = Field(60, ge=1, description="reciprocal-rank fusion constant: score = sum 1/(rrf_k + rank)")
     ann: bool = Field(False, description="vector search through the table's ANN index when its vectors are the "
                                          "model's (default: exact brute force, so models compare without index error)")

@@ -124,3 +124,53 @@ def test_report_renders_tables():
                "skipped": {"ranker": "not given"}}
     text = render_report(payload)
     assert "| bm25 | 0.9000 | – | 2 |" in text and "Recall@100" in text and "ranker: not given" in text
+
+
+class _FixedRanker:
+    """A stand-in for a loaded ranker with known scores (the fusion arithmetic is what is tested)."""
+
+    class version:  # noqa: N801
+        name = "ranker-v9"
+
+    def __init__(self, scores: dict[str, float]):
+        self.by_text, self.calls = scores, 0
+
+    def score(self, query: str, docs: list[str]) -> list[float]:
+        self.calls += 1
+        return [self.by_text[d] for d in docs]
+
+
+class _FixedBase:
+    def __init__(self, order: list[str]):
+        self.order = order
+
+    def prepare(self, queries):
+        pass
+
+    def judged(self, q, pids):
+        return {p: -float(self.order.index(p)) for p in pids}
+
+    def retrieve(self, q, depth):
+        return self.order[:depth]
+
+
+def test_rerank_reorders_the_head_and_fusion_blends_orders_without_rescoring():
+    from ray_app.evaluation import Rerank, RerankFusion
+    from ray_app.index import rrf
+
+    base = _FixedBase(["a", "b", "c", "d", "e"])
+    ranker = _FixedRanker({"A": 0.1, "B": 0.2, "C": 0.9, "D": 5.0, "E": 9.0})
+    texts = {p: p.upper() for p in "abcde"}
+    plain = Rerank(ranker, base, texts, depth=3, base_name="base")
+    fused = RerankFusion(plain, k=60)
+    q = {"query_id": "q1", "text": "query"}
+    # only the top 3 are re-ranked; d and e keep their places behind them
+    assert plain.retrieve(q, 5) == ["c", "b", "a", "d", "e"]
+    # fusion of base order (a, b, c) and ranker order (c, b, a): 1/61 + 1/63 > 2/62, so a and c
+    # (tied, a first: it appears first) go before b
+    assert fused.retrieve(q, 5) == [p for p, _ in rrf([["a", "b", "c"], ["c", "b", "a"]], 60)] + ["d", "e"]
+    assert fused.retrieve(q, 5) == ["a", "c", "b", "d", "e"]
+    calls = ranker.calls
+    fused.judged(q, ["a", "b", "c"]), plain.judged(q, ["a", "c"])
+    assert ranker.calls == calls  # the scores are cached per (query, product): no second pass
+    assert plain.judged(q, ["e", "a"]) == {"e": 9.0, "a": 0.1}
