@@ -55,6 +55,7 @@ class TrainConfig(JobConfig):
     ranker_loss: Literal["pointwise", "listwise"] = Field("listwise", description="ranker loss: graded BCE per pair or softmax over a query's list")
     ranker_pooling: Literal["residual", "segments", "mean", "cls"] = Field("residual", description="ranker score: residual = the encoder's own query/product cosine plus a zero-initialised linear term on the joint (cross) encoding; segments = cosine of the query and product token means of the joint encoding; mean/cls = a linear head on the mean of all tokens / on [CLS]")
     list_size: int = Field(16, ge=2, description="ranker: products per query list in training")
+    batch_negatives: int = Field(8, ge=0, description="ranker: products judged for other queries of the batch added to each training list with gain 0")
     temperature: float = Field(0.05, gt=0, description="retriever InfoNCE temperature")
     hard_negatives: int = Field(1, ge=0, description="retriever: hard negatives (grade I) per positive")
     oos_threshold: float = Field(0.5, ge=0, le=1, description="intent confidence below this -> fallback intent")

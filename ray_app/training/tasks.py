@@ -100,14 +100,31 @@ def finalize_intent_entity(sums: dict[str, float]) -> dict[str, float]:
 
 # -- ranker ------------------------------------------------------------------------------
 def collate_ranker(batch, tokenizer, cfg, epoch: int = 0, sample: bool = True) -> dict[str, torch.Tensor]:
-    queries, docs, gains, groups = [], [], [], []
+    """Per query: its judged list (a fresh sub-list of `list_size` each epoch when training), plus,
+    when training, `batch_negatives` products judged for OTHER queries of the batch with gain 0.
+
+    The borrowed products are what a full-catalogue search puts in front of the ranker: items off
+    the query's topic. Trained on judged lists alone, where every item was retrieved for the query,
+    a ranker learns fine distinctions and forgets coarse relevance (ESCI150: it fell below the
+    untuned encoder it started from)."""
+    lists = []
     for i, (qid, query) in enumerate(zip(batch["query_id"], batch["query"])):
         d, g = json.loads(batch["docs"][i]), json.loads(batch["gains"][i])
         if sample and len(d) > cfg["list_size"]:  # a fresh, reproducible sub-list each epoch
             rng = np.random.default_rng(zlib.crc32(f"{qid}:{epoch}:{cfg['seed']}".encode()))
             keep = sorted(rng.choice(len(d), cfg["list_size"], replace=False).tolist())
             d, g = [d[k] for k in keep], [g[k] for k in keep]
-        queries += [str(query)] * len(d)
+        lists.append((str(qid), str(query), d, g))
+    n_borrow = int(cfg.get("batch_negatives", 0)) if sample else 0
+    queries, docs, gains, groups = [], [], [], []
+    for i, (qid, query, d, g) in enumerate(lists):
+        if n_borrow and len(lists) > 1:
+            own = set(d)
+            pool = [doc for j, other in enumerate(lists) if j != i for doc in other[2] if doc not in own]
+            rng = np.random.default_rng(zlib.crc32(f"neg:{qid}:{epoch}:{cfg['seed']}".encode()))
+            picked = [pool[k] for k in rng.choice(len(pool), min(n_borrow, len(pool)), replace=False)] if pool else []
+            d, g = d + picked, g + [0.0] * len(picked)
+        queries += [query] * len(d)
         docs += d
         gains += g
         groups += [i] * len(d)

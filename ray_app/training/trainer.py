@@ -43,7 +43,7 @@ def loop_config(config: TrainConfig, data: TaskData) -> dict[str, Any]:
             "warmup_ratio": config.warmup_ratio, "max_grad_norm": config.max_grad_norm,
             "max_length": config.seq_len(), "patience": config.patience, "seed": config.seed,
             "metric": config.metric_name(), "use_gpu": config.use_gpu, "cpus_per_worker": config.cpus_per_worker,
-            "list_size": config.list_size, "hard_negatives": config.hard_negatives,
+            "list_size": config.list_size, "batch_negatives": config.batch_negatives, "hard_negatives": config.hard_negatives,
             "num_train_examples": len(data.splits["train"])}
 
 

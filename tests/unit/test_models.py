@@ -454,3 +454,21 @@ def test_rank_slice_gives_every_validation_row_to_exactly_one_rank():
                for j in range(0, 50, 10)]
     seen = [x for rank in range(3) for b in rank_slice(iter(batches), rank, 3) for x in b["x"].tolist()]
     assert sorted(seen) == list(range(50))
+
+
+def test_ranker_training_lists_borrow_other_queries_products_as_negatives(tiny):
+    from ray_app.training.tasks import collate_ranker
+
+    batch = {"query_id": np.array(["q1", "q2"], dtype=object), "query": np.array(["red shoes", "tv"], dtype=object),
+             "docs": np.array([json.dumps(["a", "b", "c"]), json.dumps(["x", "y", "a"])], dtype=object),
+             "gains": np.array([json.dumps([3, 0, 2]), json.dumps([3, 1, 0])], dtype=object)}
+    cfg = {"list_size": 16, "seed": 1, "max_length": 16, "batch_negatives": 8, "head_config": {"pooling": "residual"}}
+    out = collate_ranker(batch, tiny[1], cfg)
+    # q1: a, b, c + x, y from q2 (not "a" again: it is q1's own); q2: x, y, a + b, c from q1 ("a" is its own)
+    assert out["groups"].tolist() == [0] * 5 + [1] * 5
+    assert out["gains"].tolist() == [3, 0, 2, 0, 0, 3, 1, 0, 0, 0]
+    assert out["q_input_ids"].shape[0] == out["d_input_ids"].shape[0] == out["input_ids"].shape[0] == 10
+    # validation (sample=False) scores each query's own judged list only
+    plain = collate_ranker(batch, tiny[1], cfg, sample=False)
+    assert plain["gains"].tolist() == [3, 0, 2, 3, 1, 0] and plain["groups"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(collate_ranker(batch, tiny[1], cfg)["input_ids"], out["input_ids"])  # reproducible
