@@ -4,6 +4,12 @@
   python -m jobs.registry --action show --name intent_entity@production
   python -m jobs.registry --action promote --name intent_entity-v3 --alias production
   python -m jobs.registry --action demote --name intent_entity --alias candidate
+  python -m jobs.registry --action export --name retriever@candidate --out models/shop-minilm
+
+`export` writes the version's fine-tuned encoder (LoRA merged) as a Hugging Face model folder
+(config, safetensors weights, tokenizer): `--base-model models/shop-minilm` then trains another
+task from it (e.g. a ranker that starts from the domain-tuned retriever), and any
+transformers/sentence-transformers tool can load it (mean pooling).
 
 Aliases are per task; Serve resolves them with `ray_app.registry.resolve`.
 """
@@ -19,10 +25,11 @@ from ray_app.cli import JobError, main_wrapper
 class RegistryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["list", "show", "promote", "demote"] = "list"
+    action: Literal["list", "show", "promote", "demote", "export"] = "list"
     name: Optional[str] = Field(None, description="version (intent_entity-v3), task@alias, or the task (demote)")
     alias: Optional[str] = Field(None, description="alias to set (promote) or remove (demote)")
     task: Optional[str] = Field(None, description="only this task (list)")
+    out: Optional[str] = Field(None, description="folder the encoder is exported to (export)")
     models_dir: Optional[str] = Field(None, description="registry folder (default $SHOPSEARCH_MODELS or artifacts/models)")
     quiet: bool = False
 
@@ -32,12 +39,34 @@ class RegistryResult(BaseModel):
     action: str
     versions: list[dict[str, Any]] = Field(default_factory=list)
     aliases: dict[str, dict[str, str]] = Field(default_factory=dict)
+    exported_to: Optional[str] = None
 
 
 def _row(v) -> dict[str, Any]:
     return {"name": v.name, "task": v.task, "base_model": v.base_model, "lora": v.lora, "snapshot": v.snapshot,
             "metrics": {k: round(x, 4) for k, x in v.metrics.items() if k.startswith("val_")},
             "aliases": v.aliases, "created_at": v.created_at.isoformat(), "path": v.path}
+
+
+def export_encoder(reg, name: str, out: str) -> str:
+    """The version's encoder, adapter merged, as a Hugging Face folder; returns the folder."""
+    import json
+    from pathlib import Path
+
+    from ray_app.models.lora import unwrap
+
+    loaded = reg.load_model(name, merge=True, device="cpu")
+    backbone = unwrap(loaded.model).backbone
+    folder = Path(out)
+    if folder.exists() and any(folder.iterdir()):
+        raise JobError(f"--out {folder} exists and is not empty; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    backbone.save_pretrained(str(folder), safe_serialization=True)
+    loaded.tokenizer.save_pretrained(str(folder))
+    (folder / "shopsearch_export.json").write_text(json.dumps(
+        {"version": name, "task": loaded.version.task, "base_model": loaded.version.base_model,
+         "snapshot": loaded.version.snapshot, "pooling": "mean"}, indent=2))
+    return str(folder.resolve())
 
 
 def run(config: RegistryConfig) -> RegistryResult:
@@ -56,6 +85,12 @@ def run(config: RegistryConfig) -> RegistryResult:
     if config.action == "show":
         v = reg.resolve(config.name, config.task)
         return RegistryResult(action="show", versions=[{**_row(v), **v.model_dump(mode="json")}])
+    if config.action == "export":
+        if not config.out:
+            raise JobError("--action export needs --out FOLDER")
+        v = reg.resolve(config.name, config.task)
+        folder = export_encoder(reg, v.name, config.out)
+        return RegistryResult(action="export", versions=[_row(v)], exported_to=folder)
     if not config.alias:
         raise JobError(f"--action {config.action} needs --alias")
     if config.action == "promote":

@@ -351,6 +351,27 @@ def test_registry_job_promote_and_list(tiny, tmp_path, capsys):
     assert "no model version" in capsys.readouterr().err
 
 
+
+def test_registry_export_writes_a_loadable_encoder_with_the_tuned_weights(tiny, tmp_path, capsys):
+    from jobs.registry import main
+    from ray_app.registry import Registry
+
+    model, _ = _register(Registry(tmp_path / "reg"), tiny)
+    out = tmp_path / "export"
+    assert main(["--action", "export", "--name", "intent_entity-v1", "--out", str(out),
+                 "--models-dir", str(tmp_path / "reg")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["exported_to"] == str(out.resolve())
+    exported, tok = load_encoder(str(out))  # a plain Hugging Face folder, as --base-model takes it
+    merged = merge_lora(model)
+    texts = ["red nike shoes", "sony tv"]
+    want = encode_texts(merged.backbone, tiny[1], texts, max_length=32)
+    assert np.allclose(encode_texts(exported, tok, texts, max_length=32), want, atol=1e-5)
+    assert not np.allclose(encode_texts(tiny_bert()[0], tiny[1], texts, max_length=32), want, atol=1e-3)  # tuned, not base
+    # a second export into a non-empty folder is refused, not overwritten
+    assert main(["--action", "export", "--name", "intent_entity-v1", "--out", str(out),
+                 "--models-dir", str(tmp_path / "reg")]) == 1
+    assert "not empty" in capsys.readouterr().err
+
 # -- snapshot -> examples ---------------------------------------------------------------------
 def test_intent_entity_examples_resolve_labels_and_carve_validation_by_query(store):
     from ray_app.training.data import load_task_data
