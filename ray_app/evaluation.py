@@ -176,15 +176,17 @@ class Rerank:
     def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
         return dict(zip(pids, self.scores(q, pids)))
 
-    def candidates(self, q: dict, depth: int) -> tuple[list[str], list[str]]:
-        """The base system's top `self.depth` (re-ranked) and what follows it (kept in order)."""
+    def candidates(self, q: dict, depth: int) -> tuple[list[str], list[str], list[str]]:
+        """The base system's top `self.depth` in its order and in the ranker's, and what follows
+        them (kept in the base order)."""
         found = self.base.retrieve(q, max(depth, self.depth))
-        return found[:self.depth], found[self.depth:]
+        head = found[:self.depth]
+        order = np.argsort(-np.asarray(self.scores(q, head)), kind="stable")
+        return head, [head[i] for i in order], found[self.depth:]
 
     def retrieve(self, q: dict, depth: int) -> list[str]:
-        head, tail = self.candidates(q, depth)
-        order = np.argsort(-np.asarray(self.scores(q, head)), kind="stable")
-        return ([head[i] for i in order] + tail)[:depth]
+        _, reranked, tail = self.candidates(q, depth)
+        return (reranked + tail)[:depth]
 
 
 class RerankFusion:
@@ -207,10 +209,8 @@ class RerankFusion:
         return dict(rrf([first, sorted(pids, key=lambda p: -mine[p])], self.k))
 
     def retrieve(self, q: dict, depth: int) -> list[str]:
-        head, tail = self.rerank.candidates(q, depth)
-        order = np.argsort(-np.asarray(self.rerank.scores(q, head)), kind="stable")
-        fused = [p for p, _ in rrf([head, [head[i] for i in order]], self.k)]
-        return (fused + tail)[:depth]
+        head, reranked, tail = self.rerank.candidates(q, depth)
+        return ([p for p, _ in rrf([head, reranked], self.k)] + tail)[:depth]
 
 
 def product_matrix(encoder, products: pa.Table, texts: dict[str, str], log) -> tuple[np.ndarray, int]:

@@ -143,22 +143,19 @@ class CosineScore(nn.Module):
         return self.log_scale.exp() * F.cosine_similarity(a.float(), b.float(), dim=-1) + self.bias
 
 
-class ResidualScore(nn.Module):
-    """exp(log_scale) * cos(query, product) + bias + linear(pair): a bi-encoder similarity plus a
-    cross-encoder correction whose weights start at zero, so the untrained score IS the sentence
-    encoder's ranking and fine-tuning can only start from there."""
+class ResidualScore(CosineScore):
+    """CosineScore(query, product) + linear(pair): a bi-encoder similarity plus a cross-encoder
+    correction whose weights start at zero, so the untrained score IS the sentence encoder's
+    ranking and fine-tuning can only start from there."""
 
     def __init__(self, hidden_size: int, init_scale: float = 20.0):
-        super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
-        self.bias = nn.Parameter(torch.zeros(()))
+        super().__init__(init_scale)
         self.cross = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.cross.weight)
         nn.init.zeros_(self.cross.bias)
 
     def forward(self, query: torch.Tensor, product: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
-        cos = F.cosine_similarity(query.float(), product.float(), dim=-1)
-        return self.log_scale.exp() * cos + self.bias + self.cross(pair.float()).squeeze(-1)
+        return super().forward(query, product) + self.cross(pair.float()).squeeze(-1)
 
 
 def ranker_inputs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_length: int,
