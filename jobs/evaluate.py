@@ -28,8 +28,8 @@ from typing import Any, Optional, Sequence
 import pyarrow as pa
 
 from ray_app.cli import JobError, main_wrapper
-from ray_app.evaluation import (BM25, Dense, Hybrid, Rerank, RerankFusion, catalogue_metrics, judged_list_metrics,
-                                mean_metrics, query_understanding_metrics, render_report)
+from ray_app.evaluation import (BM25, Dense, Hybrid, Rerank, RerankFusion, catalogue_metrics, compare_systems,
+                                judged_list_metrics, mean_metrics, query_understanding_metrics, render_report)
 from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, fts_columns_indexed, load_text_encoder
 from ray_app.store import Store, StoreError, utcnow
 from ray_app.training.data import product_text, resolve_labels
@@ -64,8 +64,11 @@ def judged_lists(store: Store, config: EvaluateConfig, queries: list[dict], cata
 
 
 def evaluate_ranking(systems: dict[str, Any], queries: list[dict], judged: dict[str, dict[str, str]],
-                     config: EvaluateConfig, log) -> tuple[dict, dict]:
+                     config: EvaluateConfig, log) -> tuple[dict, dict, dict]:
+    """Mean figures per system for both protocols, and the per-query figures behind them
+    ({"judged_list": {system: [..]}, "full_catalogue": {...}}, queries in the same order)."""
     judged_out, full_out = {}, {}
+    per_query_figs: dict[str, dict[str, list]] = {"judged_list": {}, "full_catalogue": {}}
     for name, system in systems.items():
         started = time.perf_counter()
         system.prepare(queries)
@@ -73,10 +76,11 @@ def evaluate_ranking(systems: dict[str, Any], queries: list[dict], judged: dict[
                 for q in queries]
         per_query = (time.perf_counter() - started) / max(1, len(queries))
         full_out[name] = {**mean_metrics(full), "ms_per_query": round(1000 * per_query, 2)}
-        judged_out[name] = mean_metrics([judged_list_metrics(g, system.judged(q, sorted(g)), config.k)
-                                         for q in queries for g in [judged[q["query_id"]]]])
+        listed = [judged_list_metrics(g, system.judged(q, sorted(g)), config.k) for q in queries for g in [judged[q["query_id"]]]]
+        judged_out[name] = mean_metrics(listed)
+        per_query_figs["judged_list"][name], per_query_figs["full_catalogue"][name] = listed, full
         log(f"evaluate: {name}: judged {judged_out[name]} | full catalogue {full_out[name]}")
-    return judged_out, full_out
+    return judged_out, full_out, per_query_figs
 
 
 def evaluate_intent(store: Store, config: EvaluateConfig, queries: list[dict]) -> dict[str, float]:
@@ -161,9 +165,18 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     judged_out: dict[str, Any] = {}
     full_out: dict[str, Any] = {}
     systems: dict[str, Any] = {}
+    comparisons: dict[str, Any] = {}
     if queries:
         systems = build_systems(config, tbl, products, texts, log, skipped, notes)
-        judged_out, full_out = evaluate_ranking(systems, queries, judged, config, log)
+        judged_out, full_out, per_query = evaluate_ranking(systems, queries, judged, config, log)
+        if config.compare_to != "none" and config.compare_to in systems and len(systems) > 1:
+            comparisons = {"reference": config.compare_to, "resamples": config.bootstrap,
+                           "judged_list": compare_systems(per_query["judged_list"], config.compare_to,
+                                                          ["ndcg_esci", f"ndcg@{config.k}"], config.bootstrap),
+                           "full_catalogue": compare_systems(per_query["full_catalogue"], config.compare_to,
+                                                             [f"ndcg@{config.k}", f"recall@{config.recall_k}"], config.bootstrap)}
+        elif config.compare_to != "none":
+            notes.append(f"no comparison: --compare-to {config.compare_to} is not among the systems evaluated")
     else:
         notes.append(f"no judged queries in split {config.split!r}" + (f" of dataset {config.dataset!r}" if config.dataset else ""))
     qu: dict[str, float] = {}
@@ -175,7 +188,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     payload = _clean({"created_at": f"{stamp:%Y-%m-%d %H:%M:%S} UTC", "db": store.uri, "products": len(texts),
                       "products_version": tbl.version, "split": config.split, "dataset": config.dataset,
                       "snapshot": config.snapshot, "queries": len(queries), "k": config.k, "recall_k": config.recall_k,
-                      "judged_list": judged_out, "full_catalogue": full_out, "query_understanding": qu,
+                      "judged_list": judged_out, "full_catalogue": full_out, "comparisons": comparisons, "query_understanding": qu,
                       "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
                       "config": config.model_dump(mode="json")})
     report_dir = Path(config.report_dir)

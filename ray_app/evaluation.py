@@ -72,6 +72,40 @@ def mean_metrics(per_query: Sequence[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def paired_bootstrap(system: Sequence[float], reference: Sequence[float], resamples: int = 2000,
+                     seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
+    """Mean per-query difference system - reference with a percentile bootstrap interval over queries.
+
+    Paired: each resample draws queries with replacement and takes both systems' figures for the
+    same queries, so query difficulty (most of the variance) cancels. Pairs where either figure is
+    NaN (metric undefined for that query) are dropped. `p_better` is the share of resamples whose
+    mean difference is > 0: near 1 or 0 means the sign holds across resamples, near 0.5 a coin flip.
+    """
+    a, b = np.asarray(system, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_bootstrap needs one figure per query for both systems, got {a.shape} and {b.shape}")
+    diff = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    if diff.size == 0:
+        return {"diff": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p_better": float("nan"), "queries": 0}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    tail = (1.0 - confidence) / 2
+    return {"diff": round(float(diff.mean()), 4), "ci_low": round(float(np.quantile(means, tail)), 4),
+            "ci_high": round(float(np.quantile(means, 1 - tail)), 4),
+            "p_better": round(float((means > 0).mean()), 4), "queries": int(diff.size)}
+
+
+def compare_systems(per_query: dict[str, list[dict[str, float]]], reference: str, metrics: Sequence[str],
+                    resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """system -> metric -> paired_bootstrap against `reference` (same queries, same order)."""
+    if reference not in per_query:
+        return {}
+    ref = per_query[reference]
+    return {name: {m: paired_bootstrap([r.get(m, float("nan")) for r in rows], [r.get(m, float("nan")) for r in ref],
+                                       resamples, seed) for m in metrics}
+            for name, rows in per_query.items() if name != reference}
+
+
 def _span_set(spans: Optional[Iterable[dict[str, Any]]]) -> set[tuple[int, int, str]]:
     return {(int(s["start"]), int(s["end"]), str(s["type"])) for s in (spans or [])}
 
@@ -273,6 +307,21 @@ def render_report(payload: dict[str, Any]) -> str:
                   markdown_table(payload["full_catalogue"], [(f"ndcg@{k}", f"NDCG@{k}"), (f"recall@{rk}", f"Recall@{rk}"),
                                                              ("mrr", "MRR"), ("ms_per_query", "ms/query"),
                                                              ("queries", "queries")]), ""]
+    for key, title in (("judged_list", "judged list"), ("full_catalogue", "full catalogue")):
+        table = (payload.get("comparisons") or {}).get(key)
+        if table:
+            ref = payload["comparisons"]["reference"]
+            metrics = list(next(iter(table.values())))
+            lines += [f"### Against {ref}, {title}: paired bootstrap over queries", "",
+                      f"Mean per-query difference to {ref} and its 95% interval ({payload['comparisons']['resamples']} "
+                      "resamples of the queries); P(better) = share of resamples where the system is ahead.", "",
+                      "| system | " + " | ".join(f"{m}: diff [95% CI] | P(better)" for m in metrics) + " |",
+                      "|---|" + "---:|---:|" * len(metrics)]
+            for name, figs in table.items():
+                cells = [f"{f['diff']:+.4f} [{f['ci_low']:+.4f}, {f['ci_high']:+.4f}] | {f['p_better']:.2f}"
+                         if f["queries"] else "– | –" for f in (figs[m] for m in metrics)]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
     if payload.get("query_understanding"):
         qu = payload["query_understanding"]
         lines += ["## Query understanding", "", "| figure | value |", "|---|---:|"]

@@ -87,6 +87,9 @@ class EvaluateConfig(JobConfig):
     rrf_k: int = Field(60, ge=1, description="reciprocal-rank fusion constant: score = sum 1/(rrf_k + rank)")
     ann: bool = Field(False, description="vector search through the table's ANN index when its vectors are the "
                                          "model's (default: exact brute force, so models compare without index error)")
+    compare_to: str = Field("bm25", description="reference system for the paired bootstrap comparison of every other "
+                            "system (a system name from the report, e.g. bm25, hybrid; 'none' skips it)")
+    bootstrap: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples of the queries for the comparison")
     max_queries: Optional[int] = Field(None, ge=1, description="evaluate only the first N queries (smoke runs)")
     batch_size: int = Field(64, ge=1, description="encoder batch size")
     report_dir: str = Field("artifacts/reports", description="where eval-<timestamp>.md goes")

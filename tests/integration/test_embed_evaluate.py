@@ -82,6 +82,10 @@ def test_embed_incremental_then_evaluate(ray_session, store, tmp_path, capsys):
     assert "judged-list" in report and "| bm25 |" in report and "| tiny-bert |" in report
     figures = json.loads(open(out.out_path).read())
     assert figures["full_catalogue"]["bm25"]["queries"] == 3
+    # every other system against BM25, paired over the same 3 queries
+    cmp = figures["comparisons"]
+    assert cmp["reference"] == "bm25" and set(cmp["judged_list"]) == {"tiny-bert", "hybrid"}
+    assert cmp["judged_list"]["hybrid"]["ndcg_esci"]["queries"] == 3 and "Against bm25" in report
 
 
 def register_untrained(models_dir) -> None:

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from ray_app.evaluation import (catalogue_metrics, judged_list_metrics, markdown_table, mean_metrics,
-                                query_understanding_metrics, render_report)
+from ray_app.evaluation import (catalogue_metrics, compare_systems, judged_list_metrics, markdown_table, mean_metrics,
+                                paired_bootstrap, query_understanding_metrics, render_report)
 from ray_app.index import default_sub_vectors, exact_search, index_plan, plan_embedding, rrf, text_hash
 
 pytestmark = pytest.mark.unit
@@ -124,6 +124,49 @@ def test_report_renders_tables():
                "skipped": {"ranker": "not given"}}
     text = render_report(payload)
     assert "| bm25 | 0.9000 | – | 2 |" in text and "Recall@100" in text and "ranker: not given" in text
+
+
+def test_paired_bootstrap_constant_shift_and_identity():
+    rng = np.random.default_rng(1)
+    ref = rng.uniform(0.2, 0.9, size=50)  # very different queries: a paired test sees only the shift
+    shifted = paired_bootstrap(ref + 0.02, ref)
+    assert shifted["diff"] == pytest.approx(0.02) and shifted["ci_low"] == pytest.approx(0.02)
+    assert shifted["ci_high"] == pytest.approx(0.02) and shifted["p_better"] == 1.0 and shifted["queries"] == 50
+    same = paired_bootstrap(ref, ref)
+    assert same["diff"] == 0.0 and same["p_better"] == 0.0 and same["ci_low"] == same["ci_high"] == 0.0
+
+
+def test_paired_bootstrap_interval_covers_noise_and_is_seeded():
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(0, 1, size=65)
+    noisy = ref + rng.normal(0.0, 0.05, size=65)  # no real difference
+    got = paired_bootstrap(noisy, ref, seed=3)
+    assert got["ci_low"] < 0 < got["ci_high"] and 0.05 < got["p_better"] < 0.95
+    assert got == paired_bootstrap(noisy, ref, seed=3)
+    # the interval is the spread of the mean: about 1.96 * sd / sqrt(n) each side
+    half = (got["ci_high"] - got["ci_low"]) / 2
+    assert half == pytest.approx(1.96 * np.std(noisy - ref) / np.sqrt(65), rel=0.2)
+
+
+def test_paired_bootstrap_drops_undefined_pairs():
+    got = paired_bootstrap([0.5, float("nan"), 0.7, 0.4], [0.4, 0.9, float("nan"), 0.3])
+    assert got["queries"] == 2 and got["diff"] == pytest.approx(0.1)
+    empty = paired_bootstrap([float("nan")], [0.3])
+    assert empty["queries"] == 0 and math.isnan(empty["diff"])
+    with pytest.raises(ValueError, match="one figure per query"):
+        paired_bootstrap([0.1, 0.2], [0.1])
+
+
+def test_compare_systems_against_reference_and_report():
+    per_query = {"bm25": [{"ndcg_esci": 0.5}, {"ndcg_esci": 0.6}], "ranker": [{"ndcg_esci": 0.7}, {"ndcg_esci": 0.8}]}
+    table = compare_systems(per_query, "bm25", ["ndcg_esci"])
+    assert set(table) == {"ranker"} and table["ranker"]["ndcg_esci"]["diff"] == pytest.approx(0.2)
+    assert compare_systems(per_query, "hybrid", ["ndcg_esci"]) == {}
+    payload = {"created_at": "now", "db": "x", "products": 10, "products_version": 3, "split": "test", "queries": 2,
+               "k": 10, "recall_k": 100, "judged_list": {"bm25": {"ndcg_esci": 0.55, "queries": 2}},
+               "comparisons": {"reference": "bm25", "resamples": 2000, "judged_list": table}}
+    text = render_report(payload)
+    assert "Against bm25, judged list" in text and "| ranker | +0.2000 [+0.2000, +0.2000] | 1.00 |" in text
 
 
 class _FixedRanker:
