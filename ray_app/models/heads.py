@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ray_app.models.encoder import mean_pool
-from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_bio
+from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, constrained_tag_ids, decode_bio
 
 MAX_GAIN = 3.0  # ESCI_GAIN["E"]
 
@@ -92,7 +92,7 @@ class JointIntentEntityModel(nn.Module):
                 inputs = {k: enc[k].to(_device(self)) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
                 out = self.forward(**inputs)
                 probs = out["intent_logits"].float().softmax(-1).cpu()
-                tag_ids = out["tag_logits"].argmax(-1).cpu().tolist()
+                tag_logits = out["tag_logits"].float().cpu().numpy()
                 for i, text in enumerate(chunk):
                     conf, idx = probs[i].max(-1)
                     raw = self.intents[int(idx)]
@@ -100,7 +100,7 @@ class JointIntentEntityModel(nn.Module):
                         "intent": raw if float(conf) >= threshold else self.fallback_intent,
                         "raw_intent": raw, "confidence": float(conf),
                         "entities": decode_bio(text, enc["offset_mapping"][i].tolist(), enc.word_ids(i),
-                                               tag_ids[i], self.tags),
+                                               constrained_tag_ids(tag_logits[i], enc.word_ids(i), self.tags), self.tags),
                     })
         finally:
             self.train(was_training)

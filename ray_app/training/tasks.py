@@ -17,7 +17,7 @@ import torch
 
 from ray_app.metrics import ndcg_at_k, prf_from_counts, retrieval_metrics
 from ray_app.models.heads import ranker_inputs
-from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_bio, encode_with_tags
+from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, constrained_tag_ids, decode_bio, encode_with_tags
 
 ENC_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -57,7 +57,7 @@ def evaluate_intent_entity(model, batches, tokenizer, cfg, device) -> dict[str, 
         enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg["max_length"], return_offsets_mapping=True)
         out = model(**{k: v.to(device) for k, v in _tensors(enc).items()})
         pred_int = out["intent_logits"].argmax(-1).cpu().tolist()
-        tag_ids = out["tag_logits"].argmax(-1).cpu().tolist()
+        tag_logits = out["tag_logits"].float().cpu().numpy()
         for i, text in enumerate(texts):
             sums["n"] += 1
             gold_intent, ok_intent, ok_spans = str(batch["intent"][i]), True, True
@@ -72,7 +72,8 @@ def evaluate_intent_entity(model, batches, tokenizer, cfg, device) -> dict[str, 
             gold_spans = json.loads(batch["spans"][i])
             if gold_spans is not None:
                 pred = {(s["start"], s["end"], s["type"]) for s in decode_bio(
-                    text, enc["offset_mapping"][i], enc.word_ids(i), tag_ids[i], model.tags)}
+                    text, enc["offset_mapping"][i], enc.word_ids(i),
+                    constrained_tag_ids(tag_logits[i], enc.word_ids(i), model.tags), model.tags)}
                 gold = {(s["start"], s["end"], s["type"]) for s in gold_spans}
                 sums["tp"] += len(pred & gold)
                 sums["fp"] += len(pred - gold)

@@ -11,7 +11,7 @@ import torch
 from ray_app.models.encoder import ModelLoadError, encode_texts, load_encoder, tiny_bert
 from ray_app.models.heads import BiEncoder, CrossEncoderRanker, JointIntentEntityModel, listwise_loss, ranker_inputs
 from ray_app.models.lora import apply_lora, load_saved_model, merge_lora, save_model
-from ray_app.models.tokenize import IGNORE_INDEX, align_bio, bio_tags, decode_bio
+from ray_app.models.tokenize import IGNORE_INDEX, align_bio, bio_tags, bio_viterbi, constrained_tag_ids, decode_bio
 from schemas.training import LoraSettings
 
 pytestmark = [pytest.mark.unit, pytest.mark.model]
@@ -47,6 +47,53 @@ def _roundtrip(tok, text, spans):
     ids = [max(l, 0) for l in labels]  # decode reads only first sub-tokens, which are labelled
     got = decode_bio(text, enc["offset_mapping"], enc.word_ids(), ids, TAGS)
     return [(s["start"], s["end"], s["type"], s["text"]) for s in got]
+
+
+# -- constrained BIO decoding -----------------------------------------------------------------
+def _logp(rows, tags):
+    """Log-probabilities from {tag: prob} per word (unlisted tags share what is left)."""
+    out = []
+    for row in rows:
+        rest = (1.0 - sum(row.values())) / (len(tags) - len(row))
+        out.append([np.log(row.get(t, rest)) for t in tags])
+    return np.array(out)
+
+
+def test_viterbi_keeps_a_valid_argmax_sequence():
+    tags = bio_tags(["brand", "color"])
+    rows = [{"B-brand": 0.9}, {"I-brand": 0.8}, {"O": 0.9}, {"B-color": 0.7}]
+    assert [tags[i] for i in bio_viterbi(_logp(rows, tags), tags)] == ["B-brand", "I-brand", "O", "B-color"]
+
+
+def test_viterbi_repairs_what_argmax_gets_wrong():
+    tags = bio_tags(["brand", "color"])
+    # argmax: O I-brand -> the I needs a B: best valid path is B-brand I-brand (0.4 x 0.9 > O O: 0.55 x 0.025)
+    rows = [{"O": 0.55, "B-brand": 0.4}, {"I-brand": 0.9}]
+    assert [tags[i] for i in bio_viterbi(_logp(rows, tags), tags)] == ["B-brand", "I-brand"]
+    # argmax: I-brand first -> never valid at the start
+    rows = [{"I-brand": 0.6, "B-brand": 0.3}]
+    assert [tags[i] for i in bio_viterbi(_logp(rows, tags), tags)] == ["B-brand"]
+    # argmax: B-brand I-color -> type switch inside a span is not allowed
+    rows = [{"B-brand": 0.9}, {"I-color": 0.5, "I-brand": 0.4}]
+    assert [tags[i] for i in bio_viterbi(_logp(rows, tags), tags)] == ["B-brand", "I-brand"]
+    assert bio_viterbi(np.zeros((0, len(tags))), tags) == []
+
+
+def test_constrained_tag_ids_decode_on_first_subtokens(tok):
+    text = "sennheiser headphones red"
+    enc = tok(text, return_offsets_mapping=True)
+    tags = bio_tags(["brand", "color"])
+    logits = np.full((len(enc["input_ids"]), len(tags)), -5.0)
+    words = enc.word_ids()
+    first = {w: i for i, w in reversed(list(enumerate(words))) if w is not None}
+    logits[first[0], tags.index("I-brand")] = 3.0  # argmax says I-brand on the first word
+    logits[first[0], tags.index("B-brand")] = 2.5
+    logits[first[1], tags.index("O")] = 3.0
+    logits[first[2], tags.index("B-color")] = 3.0
+    ids = constrained_tag_ids(logits, words, tags)
+    spans = decode_bio(text, enc["offset_mapping"], words, ids, tags)
+    assert [(s["text"], s["type"]) for s in spans] == [("sennheiser", "brand"), ("red", "color")]
+    assert all(ids[i] == 0 for i, w in enumerate(words) if i not in first.values())
 
 
 # -- BIO alignment ----------------------------------------------------------------------------
