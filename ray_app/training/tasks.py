@@ -129,7 +129,7 @@ def collate_ranker(batch, tokenizer, cfg, epoch: int = 0, sample: bool = True) -
         docs += d
         gains += g
         groups += [i] * len(d)
-    out = ranker_inputs(tokenizer, queries, docs, cfg["max_length"], cfg["head_config"].get("pooling", "cls"))
+    out = ranker_inputs(tokenizer, queries, docs, cfg["max_length"], cfg["head_config"]["pooling"])
     out["gains"] = torch.tensor(gains, dtype=torch.float32)
     out["groups"] = torch.tensor(groups, dtype=torch.long)
     return out
