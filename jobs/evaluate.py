@@ -74,9 +74,10 @@ def evaluate_ranking(systems: dict[str, Any], queries: list[dict], judged: dict[
         system.prepare(queries)
         full = [catalogue_metrics(system.retrieve(q, config.recall_k), judged[q["query_id"]], config.k, config.recall_k)
                 for q in queries]
-        per_query = (time.perf_counter() - started) / max(1, len(queries))
-        full_out[name] = {**mean_metrics(full), "ms_per_query": round(1000 * per_query, 2)}
-        listed = [judged_list_metrics(g, system.judged(q, sorted(g)), config.k) for q in queries for g in [judged[q["query_id"]]]]
+        seconds_per_query = (time.perf_counter() - started) / max(1, len(queries))
+        full_out[name] = {**mean_metrics(full), "ms_per_query": round(1000 * seconds_per_query, 2)}
+        listed = [judged_list_metrics(g, system.judged(q, sorted(g)), config.k)
+                  for q in queries for g in [judged[q["query_id"]]]]
         judged_out[name] = mean_metrics(listed)
         per_query_figs["judged_list"][name], per_query_figs["full_catalogue"][name] = listed, full
         log(f"evaluate: {name}: judged {judged_out[name]} | full catalogue {full_out[name]}")
@@ -175,7 +176,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                                                           ["ndcg_esci", f"ndcg@{config.k}"], config.bootstrap),
                            "full_catalogue": compare_systems(per_query["full_catalogue"], config.compare_to,
                                                              [f"ndcg@{config.k}", f"recall@{config.recall_k}"], config.bootstrap)}
-        elif config.compare_to != "none":
+        elif config.compare_to != "none" and config.compare_to not in systems:
             notes.append(f"no comparison: --compare-to {config.compare_to} is not among the systems evaluated")
     else:
         notes.append(f"no judged queries in split {config.split!r}" + (f" of dataset {config.dataset!r}" if config.dataset else ""))
@@ -188,7 +189,8 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     payload = _clean({"created_at": f"{stamp:%Y-%m-%d %H:%M:%S} UTC", "db": store.uri, "products": len(texts),
                       "products_version": tbl.version, "split": config.split, "dataset": config.dataset,
                       "snapshot": config.snapshot, "queries": len(queries), "k": config.k, "recall_k": config.recall_k,
-                      "judged_list": judged_out, "full_catalogue": full_out, "comparisons": comparisons, "query_understanding": qu,
+                      "judged_list": judged_out, "full_catalogue": full_out, "comparisons": comparisons,
+                      "query_understanding": qu,
                       "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
                       "config": config.model_dump(mode="json")})
     report_dir = Path(config.report_dir)
