@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ray_app.models.encoder import mean_pool
-from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, constrained_tag_ids, decode_bio
+from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_entities
 
 MAX_GAIN = 3.0  # ESCI_GAIN["E"]
 
@@ -99,8 +99,8 @@ class JointIntentEntityModel(nn.Module):
                     results.append({
                         "intent": raw if float(conf) >= threshold else self.fallback_intent,
                         "raw_intent": raw, "confidence": float(conf),
-                        "entities": decode_bio(text, enc["offset_mapping"][i].tolist(), enc.word_ids(i),
-                                               constrained_tag_ids(tag_logits[i], enc.word_ids(i), self.tags), self.tags),
+                        "entities": decode_entities(text, enc["offset_mapping"][i].tolist(), enc.word_ids(i),
+                                                    tag_logits[i], self.tags),
                     })
         finally:
             self.train(was_training)

@@ -17,7 +17,7 @@ import torch
 
 from ray_app.metrics import ndcg_at_k, prf_from_counts, retrieval_metrics
 from ray_app.models.heads import ranker_inputs
-from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, constrained_tag_ids, decode_bio, encode_with_tags
+from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_entities, encode_with_tags
 
 ENC_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -71,9 +71,8 @@ def evaluate_intent_entity(model, batches, tokenizer, cfg, device) -> dict[str, 
                     cls[1, pred_int[i]] += 1
             gold_spans = json.loads(batch["spans"][i])
             if gold_spans is not None:
-                pred = {(s["start"], s["end"], s["type"]) for s in decode_bio(
-                    text, enc["offset_mapping"][i], enc.word_ids(i),
-                    constrained_tag_ids(tag_logits[i], enc.word_ids(i), model.tags), model.tags)}
+                pred = {(s["start"], s["end"], s["type"]) for s in decode_entities(
+                    text, enc["offset_mapping"][i], enc.word_ids(i), tag_logits[i], model.tags)}
                 gold = {(s["start"], s["end"], s["type"]) for s in gold_spans}
                 sums["tp"] += len(pred & gold)
                 sums["fp"] += len(pred - gold)
