@@ -10,6 +10,7 @@ argmax (SNIPS test, same model: span F1 94.6 -> 95.4, exact match 88.3 -> 89.1).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -49,6 +50,23 @@ def word_extents(offsets: Sequence[Sequence[int]], word_ids: Sequence[Optional[i
     return [tuple(words[w]) for w in order]
 
 
+@lru_cache(maxsize=32)
+def _bio_constraints(tags: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(start penalty per tag, transition penalty [prev, next]) of valid BIO: 0 allowed, -inf not.
+    Built once per tag set (a model's tags never change), not once per decoded sequence."""
+    n_tags = len(tags)
+    inside = np.array([t.startswith("I-") for t in tags])
+    allowed = np.ones((n_tags, n_tags), dtype=bool)
+    for j, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            allowed[:, j] = False
+            allowed[tags.index("B-" + tag[2:]), j] = allowed[j, j] = True
+    start, transition = np.where(inside, -np.inf, 0.0), np.where(allowed, 0.0, -np.inf)
+    start.setflags(write=False)  # shared by every call: read-only
+    transition.setflags(write=False)
+    return start, transition
+
+
 def bio_viterbi(log_probs: np.ndarray, tags: Sequence[str]) -> list[int]:
     """The most probable tag sequence (one row of log-probabilities per word) that is valid BIO:
     I-X only right after B-X or I-X, never first. Per-word argmax can emit "O I-X" or "B-X I-Y",
@@ -56,14 +74,8 @@ def bio_viterbi(log_probs: np.ndarray, tags: Sequence[str]) -> list[int]:
     n_words, n_tags = log_probs.shape
     if n_words == 0:
         return []
-    inside = np.array([t.startswith("I-") for t in tags])
-    allowed = np.ones((n_tags, n_tags), dtype=bool)  # allowed[prev, next]
-    for j, tag in enumerate(tags):
-        if tag.startswith("I-"):
-            allowed[:, j] = False
-            allowed[tags.index("B-" + tag[2:]), j] = allowed[j, j] = True
-    penalty = np.where(allowed, 0.0, -np.inf)
-    score = np.where(inside, -np.inf, log_probs[0])
+    start, penalty = _bio_constraints(tuple(tags))
+    score = start + log_probs[0]
     back = np.zeros((n_words, n_tags), dtype=np.int64)
     for w in range(1, n_words):
         cand = score[:, None] + penalty  # prev x next
