@@ -160,16 +160,21 @@ class ResidualScore(CosineScore):
 
 def ranker_inputs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_length: int,
                   pooling: str) -> dict[str, torch.Tensor]:
-    """Tensors a CrossEncoderRanker takes: the (query, product) pairs, plus query-only (`q_`) and
-    product-only (`d_`) encodings for the residual pooling's bi-encoder term."""
+    """Tensors a CrossEncoderRanker takes: the (query, product) pairs, plus, for the residual
+    pooling's bi-encoder term, each product alone (`d_`) and each DISTINCT query alone (`q_`) with
+    `q_index` giving every pair its query's row: a list of 50 products for one query encodes the
+    query once, not 50 times."""
     keys = ("input_ids", "attention_mask", "token_type_ids")
     enc = tokenizer(list(queries), list(docs), padding=True, truncation="only_second", max_length=max_length,
                     return_tensors="pt")
     out = {k: enc[k] for k in keys if k in enc}
     if pooling == "residual":
-        for prefix, texts in (("q_", queries), ("d_", docs)):
+        row: dict[str, int] = {}
+        index = [row.setdefault(str(q), len(row)) for q in queries]
+        for prefix, texts in (("q_", list(row)), ("d_", docs)):
             single = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             out.update({prefix + k: single[k] for k in ("input_ids", "attention_mask")})
+        out["q_index"] = torch.tensor(index, dtype=torch.long)
     return out
 
 
@@ -180,7 +185,7 @@ class CrossEncoderRanker(nn.Module):
     - "residual" (default): exp(s) * cos(query alone, product alone) + b + w . mean(pair): the
       sentence encoder's own similarity (each text encoded alone, mean-pooled) plus a linear
       cross-encoder term on the joint encoding that starts at zero. One shared, LoRA-tuned encoder
-      runs three times per pair (pair, query, product). Without cross-encoder pre-training this is
+      runs on each pair, each product alone and each distinct query alone. Without cross-encoder pre-training this is
       what learns from a hundred judged queries: training starts from the bi-encoder's ranking.
     - "segments": the cosine of the mean query-token vector and the mean product-token
       vector of the joint encoding (split by token_type_ids), times a learned scale, plus a bias.
@@ -225,6 +230,8 @@ class CrossEncoderRanker(nn.Module):
                token_type_ids: Optional[torch.Tensor], alone: dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
         if self.pooling == "residual":
             query = self._alone(alone.get("q_input_ids"), alone.get("q_attention_mask"), "query")
+            if alone.get("q_index") is not None:  # distinct queries -> one row per pair
+                query = query[alone["q_index"]]
             product = self._alone(alone.get("d_input_ids"), alone.get("d_attention_mask"), "product")
             return self.score_head(query, product, self.dropout(mean_pool(hidden, attention_mask)))
         if self.pooling == "cls":
@@ -240,11 +247,11 @@ class CrossEncoderRanker(nn.Module):
         return self.score_head(query, product)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, gains=None, groups=None,
-                q_input_ids=None, q_attention_mask=None, d_input_ids=None, d_attention_mask=None):
+                q_input_ids=None, q_attention_mask=None, d_input_ids=None, d_attention_mask=None, q_index=None):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                token_type_ids=token_type_ids).last_hidden_state
         alone = {"q_input_ids": q_input_ids, "q_attention_mask": q_attention_mask,
-                 "d_input_ids": d_input_ids, "d_attention_mask": d_attention_mask}
+                 "d_input_ids": d_input_ids, "d_attention_mask": d_attention_mask, "q_index": q_index}
         scores = self._score(hidden, attention_mask, token_type_ids, alone)
         out = {"scores": scores}
         if gains is not None:

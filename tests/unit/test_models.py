@@ -274,6 +274,13 @@ def test_ranker_residual_starts_at_the_bi_encoder_cosine_and_learns(tiny):
     # untrained: exactly 20 x the bi-encoder cosine (the cross term starts at zero)
     assert np.allclose(ranker(**inputs)["scores"].detach().numpy(), 20.0 * (d @ q[0]), atol=1e-4)
     assert np.allclose(ranker.score("nike shoes", docs, tok, max_length=32), 20.0 * (d @ q[0]), atol=1e-4)
+    # the query is encoded once for its three pairs; two queries in one batch keep their own rows
+    assert inputs["q_input_ids"].shape[0] == 1 and inputs["q_index"].tolist() == [0, 0, 0]
+    mixed = ranker_inputs(tok, ["nike shoes", "tv", "nike shoes"], docs, 32, "residual")
+    assert mixed["q_index"].tolist() == [0, 1, 0]
+    q2 = encode_texts(ranker.backbone, tok, ["nike shoes", "tv"], max_length=32)
+    expected = 20.0 * np.array([d[0] @ q2[0], d[1] @ q2[1], d[2] @ q2[0]])
+    assert np.allclose(ranker(**mixed)["scores"].detach().numpy(), expected, atol=1e-4)
     ranker.train()
     out = ranker(**inputs, gains=torch.tensor([3.0, 0.0, 2.0]), groups=torch.tensor([0, 0, 0]))
     out["loss"].backward()
@@ -535,7 +542,8 @@ def test_ranker_training_lists_borrow_other_queries_products_as_negatives(tiny):
     # q1: a, b, c + x, y from q2 (not "a" again: it is q1's own); q2: x, y, a + b, c from q1 ("a" is its own)
     assert out["groups"].tolist() == [0] * 5 + [1] * 5
     assert out["gains"].tolist() == [3, 0, 2, 0, 0, 3, 1, 0, 0, 0]
-    assert out["q_input_ids"].shape[0] == out["d_input_ids"].shape[0] == out["input_ids"].shape[0] == 10
+    assert out["d_input_ids"].shape[0] == out["input_ids"].shape[0] == 10
+    assert out["q_input_ids"].shape[0] == 2 and out["q_index"].tolist() == [0] * 5 + [1] * 5  # each query encoded once
     # validation (sample=False) scores each query's own judged list only
     plain = collate_ranker(batch, tiny[1], cfg, sample=False)
     assert plain["gains"].tolist() == [3, 0, 2, 3, 1, 0] and plain["groups"].tolist() == [0, 0, 0, 1, 1, 1]
