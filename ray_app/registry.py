@@ -106,6 +106,49 @@ class Registry:
             data["aliases"].setdefault(task, {})[alias] = name
         return self.get(name)
 
+    def soup(self, members: Sequence[str], task: Optional[str] = None) -> ModelVersion:
+        """A uniform model soup (Wortsman et al., 2022) as a new version: the members' weights,
+        LoRA merged, averaged into one full-weights model. Members must share task, base encoder,
+        head and label spaces (e.g. seeds or Tune trials of one setting); the soup costs one model
+        at inference, not one per member. Its lineage lists every member with its snapshot."""
+        from ray_app.models.lora import average_weights, load_saved_model, save_model
+
+        versions = [self.resolve(m, task) for m in members]
+        names = list(dict.fromkeys(v.name for v in versions))
+        if len(names) < 2:
+            raise RegistryError(f"a soup needs at least two different versions, got {', '.join(names) or 'none'}")
+        versions = [self.get(n) for n in names]
+        first = versions[0]
+        loaded = [load_saved_model(v.path, merge=True, device="cpu") for v in versions]
+        for v, (_, _, meta) in zip(versions[1:], loaded[1:]):
+            for what, mine, theirs in (("task", v.task, first.task), ("base model", v.base_model, first.base_model),
+                                       ("head", meta["head_config"], loaded[0][2]["head_config"]),
+                                       ("label spaces", v.label_spaces, first.label_spaces),
+                                       ("max_length", meta.get("max_length"), loaded[0][2].get("max_length"))):
+                if mine != theirs:
+                    raise RegistryError(f"cannot average {v.name} with {first.name}: different {what} ({mine!r} vs {theirs!r})")
+        try:
+            weights = average_weights([m for m, _, _ in loaded])
+        except ValueError as exc:
+            raise RegistryError(f"cannot average {', '.join(names)}: {exc}") from exc
+        model, meta = loaded[0][0], loaded[0][2]
+        model.load_state_dict(weights)
+        snapshots = list(dict.fromkeys(v.snapshot for v in versions))
+        same_tables = all(v.table_versions == first.table_versions for v in versions)
+
+        def save(folder: Path) -> dict[str, Any]:
+            sizes = save_model(model, folder, first.task, first.base_model, None,
+                               extra={"max_length": meta.get("max_length"), "snapshot": "+".join(snapshots), "soup_of": names})
+            return {"full_model_bytes": sizes["full_model_bytes"]}
+
+        return self.add(first.task, save, base_model=first.base_model, lora=False, label_spaces=first.label_spaces,
+                        snapshot="+".join(snapshots), table_versions=first.table_versions if same_tables else {},
+                        config={"method": "uniform_soup", "soup_of": names,
+                                "members": {v.name: {"snapshot": v.snapshot, "table_versions": v.table_versions,
+                                                     "metrics": v.metrics, "config": v.config} for v in versions},
+                                "max_length": meta.get("max_length")},
+                        metrics={})
+
     def demote(self, task: str, alias: str) -> None:
         with self._locked() as data:
             data["aliases"].get(task, {}).pop(alias, None)

@@ -145,3 +145,23 @@ def load_saved_model(path: str | Path, merge: bool = False, device: Optional[str
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold LoRA weights into the base (peft merge_and_unload): a plain head module, same outputs."""
     return model.merge_and_unload() if is_peft(model) else model
+
+
+def average_weights(models: list[nn.Module]) -> dict[str, torch.Tensor]:
+    """The uniform average of same-architecture models' weights (a model soup). Floating tensors
+    are averaged in float64; integer buffers (e.g. position ids) must agree and are kept."""
+    states = [unwrap(m).state_dict() for m in models]
+    keys = list(states[0])
+    for i, state in enumerate(states[1:], start=1):
+        if list(state) != keys or any(state[k].shape != states[0][k].shape for k in keys):
+            raise ValueError(f"model {i} has other weights than model 0 (different architecture or head)")
+    out = {}
+    for k in keys:
+        first = states[0][k]
+        if first.is_floating_point():
+            out[k] = (sum(s[k].detach().double() for s in states) / len(states)).to(first.dtype)
+        elif all(torch.equal(s[k], first) for s in states[1:]):
+            out[k] = first.clone()
+        else:
+            raise ValueError(f"non-float tensor {k!r} differs between the models; they cannot be averaged")
+    return out

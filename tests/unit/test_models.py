@@ -301,8 +301,8 @@ def test_bi_encoder_infonce_with_hard_negatives_and_group_mask(tiny):
 
 
 # -- LoRA -------------------------------------------------------------------------------------
-def _perturb(model):
-    g = torch.Generator().manual_seed(1)
+def _perturb(model, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if p.requires_grad:
             p.data.add_(torch.randn(p.shape, generator=g) * 0.05)
@@ -350,9 +350,9 @@ def test_lora_rejects_targets_that_match_nothing(tiny):
 
 
 # -- registry ---------------------------------------------------------------------------------
-def _register(reg, tiny, snapshot="s1"):
+def _register(reg, tiny, snapshot="s1", seed=1):
     model = apply_lora(_joint(tiny), LoraSettings(r=2, alpha=4))
-    _perturb(model)
+    _perturb(model, seed)
     version = reg.add("intent_entity", lambda folder: {
         k: v for k, v in save_model(model, folder, "intent_entity", "tiny-bert", LoraSettings(r=2, alpha=4),
                                     extra={"max_length": 32}).items() if k != "saved_bytes"},
@@ -404,6 +404,41 @@ def test_registry_job_promote_and_list(tiny, tmp_path, capsys):
     assert main(["--action", "promote", "--name", "nope-v1", "--alias", "x", "--models-dir", str(tmp_path)]) == 1
     assert "no model version" in capsys.readouterr().err
 
+
+
+def test_registry_soup_averages_members_into_one_loadable_version(tiny, tmp_path, capsys):
+    from jobs.registry import main
+    from ray_app.registry import Registry
+
+    reg = Registry(tmp_path)
+    m1, v1 = _register(reg, tiny, seed=1)
+    m2, v2 = _register(reg, tiny, snapshot="s2", seed=2)
+    assert main(["--action", "soup", "--member", v1.name, "--member", "intent_entity@latest", "--alias", "candidate",
+                 "--models-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["versions"][0]["name"] == "intent_entity-v3"
+    soup = reg.resolve("intent_entity@candidate")
+    assert soup.name == "intent_entity-v3" and not soup.lora and soup.adapter_bytes == 0
+    assert soup.config["soup_of"] == [v1.name, v2.name] and soup.snapshot == "s1+s2"
+    assert soup.config["members"][v2.name]["snapshot"] == "s2" and soup.label_spaces == v1.label_spaces
+    a, b = merge_lora(m1).state_dict(), merge_lora(m2).state_dict()
+    loaded = reg.load_model(soup.name)
+    state = loaded.model.state_dict()
+    assert set(state) == set(a)
+    for key, value in state.items():  # every weight is the members' mean (LoRA merged first)
+        torch.testing.assert_close(value, (a[key] + b[key]) / 2, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(a["intent_head.weight"], b["intent_head.weight"])  # the members really differ
+    assert loaded.predict(["red nike shoes"])[0]["raw_intent"] in v1.label_spaces["intents"]
+    # refused: one member, the same version twice, members of different tasks
+    assert main(["--action", "soup", "--member", v1.name, "--models-dir", str(tmp_path)]) == 1
+    assert "at least two" in capsys.readouterr().err
+    assert main(["--action", "soup", "--member", v1.name, "--member", v1.name, "--models-dir", str(tmp_path)]) == 1
+    assert "two different versions" in capsys.readouterr().err
+    ranker = CrossEncoderRanker(tiny_bert()[0])
+    reg.add("ranker", lambda folder: {k: v for k, v in save_model(ranker, folder, "ranker", "tiny-bert", None,
+                                                                  extra={"max_length": 32}).items() if k != "saved_bytes"},
+            base_model="tiny-bert", lora=False, snapshot="s1")
+    assert main(["--action", "soup", "--member", v1.name, "--member", "ranker-v1", "--models-dir", str(tmp_path)]) == 1
+    assert "different task" in capsys.readouterr().err
 
 
 def test_registry_export_writes_a_loadable_encoder_with_the_tuned_weights(tiny, tmp_path, capsys):
