@@ -14,7 +14,8 @@ Vector search is exact brute force by default (models compare without index erro
 vectors come from the table when they were made by the same model from the same text, else they
 are encoded here. Queries/judgments/labels are read from --snapshot when given; products are the
 live indexed table (run jobs.embed first: it builds the BM25 indexes). Writes
-<report-dir>/eval-<UTC time>.md and the figures as JSON (--out); last stdout line: JSON summary.
+<report-dir>/eval-<UTC time>.md with a PNG figure per ranking protocol beside it, and the figures
+as JSON (--out); last stdout line: JSON summary.
 """
 from __future__ import annotations
 
@@ -148,6 +149,29 @@ def build_systems(config: EvaluateConfig, tbl, products: pa.Table, texts: dict[s
     return systems
 
 
+def draw_plots(report_dir: Path, stem: str, judged_out: dict, full_out: dict, comparisons: dict,
+               config: EvaluateConfig, notes: list[str]) -> dict[str, str]:
+    """One PNG per ranking protocol next to the report; {protocol: file name}. A figure that
+    cannot be drawn is a note in the report, not a failed evaluation."""
+    from ray_app.plots import protocol_figure
+
+    plots: dict[str, str] = {}
+    for key, figures, metric, label, title in (
+            ("judged_list", judged_out, "ndcg_esci", "NDCG (ESCI gains)", "Judged-list re-ranking"),
+            ("full_catalogue", full_out, f"ndcg@{config.k}", f"NDCG@{config.k}", "Full-catalogue retrieval")):
+        if not figures:
+            continue
+        name = f"{stem}-{key.replace('_', '-')}.png"
+        try:
+            protocol_figure(report_dir / name, f"{title} ({config.split} split)", figures, metric, label,
+                            comparisons.get(key), comparisons.get("reference"))
+        except Exception as exc:  # noqa: BLE001 - plotting must not lose the figures already computed
+            notes.append(f"plot {name} not drawn: {type(exc).__name__}: {exc}")
+        else:
+            plots[key] = name
+    return plots
+
+
 def run(config: EvaluateConfig) -> EvaluateResult:
     started = time.perf_counter()
     log = (lambda msg: None) if config.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -186,14 +210,15 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     else:
         skipped["intent_model"] = "not given (--intent-model NAME)"
     stamp = utcnow()
+    report_dir = Path(config.report_dir)
+    plots = draw_plots(report_dir, f"eval-{stamp:%Y%m%d-%H%M%S}", judged_out, full_out, comparisons, config, notes)
     payload = _clean({"created_at": f"{stamp:%Y-%m-%d %H:%M:%S} UTC", "db": store.uri, "products": len(texts),
                       "products_version": tbl.version, "split": config.split, "dataset": config.dataset,
                       "snapshot": config.snapshot, "queries": len(queries), "k": config.k, "recall_k": config.recall_k,
                       "judged_list": judged_out, "full_catalogue": full_out, "comparisons": comparisons,
-                      "query_understanding": qu,
+                      "query_understanding": qu, "plots": plots,
                       "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
                       "config": config.model_dump(mode="json")})
-    report_dir = Path(config.report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     out_path = Path(config.out) if config.out else report_dir / f"eval-{stamp:%Y%m%d-%H%M%S}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)

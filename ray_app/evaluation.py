@@ -285,6 +285,11 @@ def markdown_table(rows: dict[str, dict[str, Any]], columns: Sequence[tuple[str,
     return "\n".join([head, sep, *body])
 
 
+def _plot_line(payload: dict[str, Any], key: str, alt: str) -> list[str]:
+    name = (payload.get("plots") or {}).get(key)
+    return [f"![{alt}]({name})", ""] if name else []
+
+
 def render_report(payload: dict[str, Any]) -> str:
     """The evaluation report as Markdown from the JSON payload the job writes."""
     k, rk = payload["k"], payload["recall_k"]
@@ -300,6 +305,7 @@ def render_report(payload: dict[str, Any]) -> str:
                   f"NDCG@{k} with gains 3/2/1/0 (exponential 2^g-1, as in training).", "",
                   markdown_table(payload["judged_list"], [("ndcg_esci", "NDCG (ESCI gains)"),
                                                           (f"ndcg@{k}", f"NDCG@{k} (3/2/1/0)"), ("queries", "queries")]), ""]
+        lines += _plot_line(payload, "judged_list", "judged-list NDCG per system and against the reference")
     if payload.get("full_catalogue"):
         lines += ["## Retrieval: full catalogue (unjudged = irrelevant)", "",
                   f"NDCG@{k} (3/2/1/0), Recall@{rk} of E+S products, MRR of the first E/S product; "
@@ -307,6 +313,7 @@ def render_report(payload: dict[str, Any]) -> str:
                   markdown_table(payload["full_catalogue"], [(f"ndcg@{k}", f"NDCG@{k}"), (f"recall@{rk}", f"Recall@{rk}"),
                                                              ("mrr", "MRR"), ("ms_per_query", "ms/query"),
                                                              ("queries", "queries")]), ""]
+        lines += _plot_line(payload, "full_catalogue", f"full-catalogue NDCG@{k} per system and against the reference")
     for key, title in (("judged_list", "judged list"), ("full_catalogue", "full catalogue")):
         table = (payload.get("comparisons") or {}).get(key)
         if table:

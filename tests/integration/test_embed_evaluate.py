@@ -86,6 +86,10 @@ def test_embed_incremental_then_evaluate(ray_session, store, tmp_path, capsys):
     cmp = figures["comparisons"]
     assert cmp["reference"] == "bm25" and set(cmp["judged_list"]) == {"tiny-bert", "hybrid"}
     assert cmp["judged_list"]["hybrid"]["ndcg_esci"]["queries"] == 3 and "Against bm25" in report
+    # one figure per protocol next to the report, linked from it
+    assert set(figures["plots"]) == {"judged_list", "full_catalogue"}
+    for name in figures["plots"].values():
+        assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in report
 
 
 def register_untrained(models_dir) -> None:

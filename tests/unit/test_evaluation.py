@@ -217,3 +217,17 @@ def test_rerank_reorders_the_head_and_fusion_blends_orders_without_rescoring():
     fused.judged(q, ["a", "b", "c"]), plain.judged(q, ["a", "c"])
     assert ranker.calls == calls  # the scores are cached per (query, product): no second pass
     assert plain.judged(q, ["e", "a"]) == {"e": 9.0, "a": 0.1}
+
+
+def test_protocol_figure_draws_values_and_differences(tmp_path):
+    from ray_app.plots import protocol_figure
+
+    figures = {"bm25": {"ndcg_esci": 0.848, "queries": 65}, "ranker": {"ndcg_esci": 0.86, "queries": 65},
+               "broken": {"ndcg_esci": None}}
+    cmp = {"ranker": {"ndcg_esci": {"diff": 0.012, "ci_low": -0.002, "ci_high": 0.027, "p_better": 0.94, "queries": 65}}}
+    path = protocol_figure(tmp_path / "f" / "judged.png", "Judged lists", figures, "ndcg_esci", "NDCG", cmp, "bm25")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 5000
+    alone = protocol_figure(tmp_path / "alone.png", "no reference", figures, "ndcg_esci", "NDCG")
+    assert alone.is_file()
+    with pytest.raises(ValueError, match="no system"):
+        protocol_figure(tmp_path / "x.png", "t", {"a": {"other": 1.0}}, "ndcg_esci", "NDCG")
