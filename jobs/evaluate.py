@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from ray_app.cli import JobError, main_wrapper
 from ray_app.evaluation import (BM25, Dense, Hybrid, Rerank, RerankFusion, catalogue_metrics, compare_systems,
-                                judged_list_metrics, mean_metrics, query_understanding_metrics, render_report)
+                                entity_type_metrics, judged_list_metrics, mean_metrics, query_understanding_metrics, render_report)
 from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, fts_columns_indexed, load_text_encoder
 from ray_app.store import Store, StoreError, utcnow
 from ray_app.training.data import product_text, resolve_labels
@@ -85,7 +85,8 @@ def evaluate_ranking(systems: dict[str, Any], queries: list[dict], judged: dict[
     return judged_out, full_out, per_query_figs
 
 
-def evaluate_intent(store: Store, config: EvaluateConfig, queries: list[dict]) -> dict[str, float]:
+def evaluate_intent(store: Store, config: EvaluateConfig, queries: list[dict]) -> tuple[dict[str, float], dict[str, dict]]:
+    """Query-understanding figures of --intent-model on the split, and the per-entity-type breakdown."""
     from ray_app.registry import Registry
 
     in_split = {q["query_id"]: q for q in queries if q["split"] == config.split}
@@ -101,7 +102,8 @@ def evaluate_intent(store: Store, config: EvaluateConfig, queries: list[dict]) -
     if not gold:
         raise JobError(f"--intent-model: no labelled queries in split {config.split!r}")
     model = Registry(config.models_dir).load_model(config.intent_model, task="intent_entity")
-    return query_understanding_metrics(gold, model.predict([g["text"] for g in gold]))
+    pred = model.predict([g["text"] for g in gold])
+    return query_understanding_metrics(gold, pred), entity_type_metrics(gold, pred)
 
 
 def _clean(figures: dict[str, Any]) -> dict[str, Any]:
@@ -205,8 +207,9 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     else:
         notes.append(f"no judged queries in split {config.split!r}" + (f" of dataset {config.dataset!r}" if config.dataset else ""))
     qu: dict[str, float] = {}
+    by_type: dict[str, dict] = {}
     if config.intent_model:
-        qu = evaluate_intent(store, config, queries_all)
+        qu, by_type = evaluate_intent(store, config, queries_all)
     else:
         skipped["intent_model"] = "not given (--intent-model NAME)"
     stamp = utcnow()
@@ -216,7 +219,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                       "products_version": tbl.version, "split": config.split, "dataset": config.dataset,
                       "snapshot": config.snapshot, "queries": len(queries), "k": config.k, "recall_k": config.recall_k,
                       "judged_list": judged_out, "full_catalogue": full_out, "comparisons": comparisons,
-                      "query_understanding": qu, "plots": plots,
+                      "query_understanding": qu, "entity_types": by_type, "plots": plots,
                       "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
                       "config": config.model_dump(mode="json")})
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, exact_search, fts_search, rrf, text_hash, vector_search
-from ray_app.metrics import accuracy, dcg_at_k, macro_f1, ndcg_at_k, recall_at_k, span_f1
+from ray_app.metrics import accuracy, dcg_at_k, macro_f1, ndcg_at_k, prf_from_counts, recall_at_k, span_f1
 from schemas.records import ESCI_GAIN
 
 KDD_GAIN: dict[str, float] = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
@@ -127,6 +127,24 @@ def query_understanding_metrics(gold: Sequence[dict[str, Any]], pred: Sequence[d
         out.update({f"entity_{k}": round(v, 4) for k, v in prf.items()})
     if both:
         out["exact_match"] = round(float(np.mean(both)), 4)
+    return out
+
+
+def entity_type_metrics(gold: Sequence[dict[str, Any]], pred: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per entity type: precision, recall, F1 of exact spans, and how many gold / predicted spans
+    (where a model's span errors are: the micro F1 hides a type that fails)."""
+    counts: dict[str, list[int]] = {}
+    for g, p in zip(gold, pred):
+        if g.get("spans") is None:
+            continue
+        truth, guess = _span_set(g["spans"]), _span_set(p.get("entities"))
+        for span in truth | guess:
+            c = counts.setdefault(span[2], [0, 0, 0])
+            c[0 if span in truth and span in guess else 1 if span in guess else 2] += 1
+    out = {}
+    for kind, (tp, fp, fn) in sorted(counts.items(), key=lambda kv: (-(kv[1][0] + kv[1][2]), kv[0])):
+        prf = prf_from_counts(tp, fp, fn)
+        out[kind] = {**{k: round(v, 4) for k, v in prf.items()}, "gold": tp + fn, "predicted": tp + fp}
     return out
 
 
@@ -276,9 +294,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: dict[str, dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """A Markdown table: one row per system, `columns` = (key, header)."""
-    head = "| system | " + " | ".join(h for _, h in columns) + " |"
+def markdown_table(rows: dict[str, dict[str, Any]], columns: Sequence[tuple[str, str]], first: str = "system") -> str:
+    """A Markdown table: one row per key of `rows` (headed `first`), `columns` = (key, header)."""
+    head = f"| {first} | " + " | ".join(h for _, h in columns) + " |"
     sep = "|---|" + "---:|" * len(columns)
     body = [f"| {name} | " + " | ".join(_fmt(fig.get(key, float("nan"))) for key, _ in columns) + " |"
             for name, fig in rows.items()]
@@ -333,6 +351,11 @@ def render_report(payload: dict[str, Any]) -> str:
         qu = payload["query_understanding"]
         lines += ["## Query understanding", "", "| figure | value |", "|---|---:|"]
         lines += [f"| {key} | {_fmt(val)} |" for key, val in qu.items()] + [""]
+    if payload.get("entity_types"):
+        lines += ["### Entities by type (exact span + type)", "",
+                  markdown_table(payload["entity_types"], [("f1", "F1"), ("precision", "precision"), ("recall", "recall"),
+                                                           ("gold", "gold spans"), ("predicted", "predicted spans")],
+                                 first="entity type"), ""]
     if payload.get("systems"):
         lines += ["## Systems", ""] + [f"- **{n}**: {d}" for n, d in payload["systems"].items()] + [""]
     if payload.get("skipped"):

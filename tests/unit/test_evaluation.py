@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from ray_app.evaluation import (catalogue_metrics, compare_systems, judged_list_metrics, markdown_table, mean_metrics,
-                                paired_bootstrap, query_understanding_metrics, render_report)
+from ray_app.evaluation import (catalogue_metrics, compare_systems, entity_type_metrics, judged_list_metrics,
+                                markdown_table, mean_metrics, paired_bootstrap, query_understanding_metrics, render_report)
 from ray_app.index import default_sub_vectors, exact_search, index_plan, plan_embedding, rrf, text_hash
 
 pytestmark = pytest.mark.unit
@@ -114,6 +114,13 @@ def test_query_understanding_metrics():
     assert got["intent_macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2, abs=1e-4)  # brand_query 2/3, product_search 0
     assert got["entity_precision"] == 1.0 and got["entity_recall"] == pytest.approx(2 / 3, abs=1e-4)
     assert got["exact_match"] == 0.5
+    by_type = entity_type_metrics(gold, pred)
+    assert list(by_type) == ["brand", "category", "colour"]  # most gold spans first, then by name
+    assert by_type["category"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "gold": 1, "predicted": 0}
+    assert by_type["brand"]["f1"] == 1.0 and by_type["colour"]["gold"] == by_type["colour"]["predicted"] == 1
+    assert "| entity type | F1 |" in render_report({"created_at": "now", "db": "x", "products": 0, "products_version": 1,
+                                                    "split": "test", "queries": 0, "k": 10, "recall_k": 100,
+                                                    "query_understanding": got, "entity_types": by_type})
 
 
 def test_report_renders_tables():
