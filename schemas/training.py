@@ -60,6 +60,7 @@ class TrainConfig(JobConfig):
     hard_negatives: int = Field(1, ge=0, description="retriever: hard negatives (grade I) per positive")
     oos_threshold: float = Field(0.5, ge=0, le=1, description="intent confidence below this -> fallback intent")
     fallback_intent: str = Field("out_of_scope")
+    word_shape: bool = Field(False, description="intent_entity: add a learned embedding of each word's shape (lower, Capitalised, UPPER, digit, mixed) to the input tokens; an uncased tokenizer otherwise loses the casing that marks names")
     # Ray Train
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL, bf16 autocast")

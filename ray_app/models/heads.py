@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ray_app.models.encoder import mean_pool
-from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_entities
+from ray_app.models.tokenize import IGNORE_INDEX, WORD_SHAPES, bio_tags, decode_entities, shape_ids
 
 MAX_GAIN = 3.0  # ESCI_GAIN["E"]
 
@@ -39,7 +39,7 @@ class JointIntentEntityModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, intents: Sequence[str], entity_types: Sequence[str],
                  dropout: float = 0.1, oos_threshold: float = 0.5, fallback_intent: str = "out_of_scope",
-                 tag_loss_weight: float = 1.0):
+                 tag_loss_weight: float = 1.0, word_shape: bool = False):
         super().__init__()
         self.backbone = _drop_pooler(backbone)
         self.intents, self.entity_types = list(intents), list(entity_types)
@@ -51,15 +51,30 @@ class JointIntentEntityModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.intent_head = nn.Linear(hidden, len(self.intents))
         self.tag_head = nn.Linear(hidden, len(self.tags))
+        self.word_shape = word_shape
+        if word_shape:
+            # A learned vector per word shape added to the input embeddings, zero at the start (the
+            # untrained model is the plain one); the encoder's layers see where capitalised runs begin and end.
+            self.shape_head = nn.Embedding(len(WORD_SHAPES), hidden)
+            nn.init.zeros_(self.shape_head.weight)
+            self.head_names = [*type(self).head_names, "shape_head"]
 
     def head_config(self) -> dict[str, Any]:
         return {"intents": self.intents, "entity_types": self.entity_types, "dropout": self.dropout.p,
                 "oos_threshold": self.oos_threshold, "fallback_intent": self.fallback_intent,
-                "tag_loss_weight": self.tag_loss_weight}
+                "tag_loss_weight": self.tag_loss_weight, "word_shape": self.word_shape}
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, intent_labels=None, tag_labels=None):
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=token_type_ids).last_hidden_state
+    def forward(self, input_ids, attention_mask, token_type_ids=None, intent_labels=None, tag_labels=None,
+                shape_ids=None):
+        if self.word_shape:
+            if shape_ids is None:
+                raise ValueError("this intent_entity model reads word shapes: pass shape_ids (tokenize.shape_ids)")
+            embeds = self.backbone.get_input_embeddings()(input_ids) + self.shape_head(shape_ids)
+            hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids).last_hidden_state
+        else:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids).last_hidden_state
         hidden = self.dropout(hidden)
         intent_logits = self.intent_head(hidden[:, 0])
         tag_logits = self.tag_head(hidden)
@@ -90,6 +105,10 @@ class JointIntentEntityModel(nn.Module):
                 enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
                                 return_offsets_mapping=True, return_tensors="pt")
                 inputs = {k: enc[k].to(_device(self)) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+                if self.word_shape:
+                    inputs["shape_ids"] = torch.tensor(
+                        [shape_ids(t, enc["offset_mapping"][i].tolist(), enc.word_ids(i)) for i, t in enumerate(chunk)],
+                        dtype=torch.long, device=_device(self))
                 out = self.forward(**inputs)
                 probs = out["intent_logits"].float().softmax(-1).cpu()
                 tag_logits = out["tag_logits"].float().cpu().numpy()

@@ -131,9 +131,34 @@ def align_bio(offsets: Sequence[Sequence[int]], word_ids: Sequence[Optional[int]
     return labels
 
 
+# Word shapes: an uncased tokenizer (all-MiniLM-L6-v2's) lowercases the text, and with it the
+# cue that marks names and titles ("play Heart Beat by ..."). 0 is also padding/special tokens.
+WORD_SHAPES = ("none", "lower", "capitalised", "upper", "digit", "mixed")
+
+
+def word_shape(word: str) -> int:
+    """Index in WORD_SHAPES of one word's surface form."""
+    letters = [c for c in word if c.isalpha()]
+    if word[:1].isdigit():
+        return WORD_SHAPES.index("digit")
+    if not letters:
+        return WORD_SHAPES.index("none")
+    if len(letters) > 1 and all(c.isupper() for c in letters):
+        return WORD_SHAPES.index("upper")
+    if letters[0].isupper():
+        return WORD_SHAPES.index("capitalised")
+    return WORD_SHAPES.index("mixed" if any(c.isupper() for c in letters) else "lower")
+
+
+def shape_ids(text: str, offsets: Sequence[Sequence[int]], word_ids: Sequence[Optional[int]]) -> list[int]:
+    """Per token: the shape of the whole (pre-tokenized) word it belongs to; 0 for special and padding tokens."""
+    shape = {word_ids[first]: word_shape(text[start:end]) for first, start, end in word_extents(offsets, word_ids)}
+    return [0 if wid is None else shape[wid] for wid in word_ids]
+
+
 def encode_with_tags(tokenizer, texts: Sequence[str], spans_per_text: Sequence[Sequence[Any]],
-                     tag_index: dict[str, int], max_length: int = 64) -> dict[str, Any]:
-    """Tokenize a batch (padded) and align BIO tags; returns lists ready for torch.tensor."""
+                     tag_index: dict[str, int], max_length: int = 64, with_shapes: bool = False) -> dict[str, Any]:
+    """Tokenize a batch (padded) and align BIO tags (and word shapes); lists ready for torch.tensor."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("BIO alignment needs a fast tokenizer (offset mapping and word ids)")
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
@@ -143,6 +168,8 @@ def encode_with_tags(tokenizer, texts: Sequence[str], spans_per_text: Sequence[S
         tags.append(align_bio(enc["offset_mapping"][i], enc.word_ids(i), spans, tag_index))
     out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     out["tag_labels"] = tags
+    if with_shapes:
+        out["shape_ids"] = [shape_ids(str(t), enc["offset_mapping"][i], enc.word_ids(i)) for i, t in enumerate(texts)]
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ray_app.metrics import ndcg_at_k, prf_from_counts, retrieval_metrics
 from ray_app.models.heads import ranker_inputs
-from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_entities, encode_with_tags
+from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_entities, encode_with_tags, shape_ids
 
 ENC_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -38,9 +38,13 @@ def collate_intent_entity(batch: dict[str, np.ndarray], tokenizer, cfg: dict[str
     intent_index = {c: i for i, c in enumerate(intents)}
     tag_index = {t: i for i, t in enumerate(bio_tags(cfg["head_config"]["entity_types"]))}
     spans = [json.loads(s) for s in batch["spans"]]
-    enc = encode_with_tags(tokenizer, [str(t) for t in batch["text"]], [s or [] for s in spans], tag_index, cfg["max_length"])
+    with_shapes = bool(cfg["head_config"].get("word_shape"))
+    enc = encode_with_tags(tokenizer, [str(t) for t in batch["text"]], [s or [] for s in spans], tag_index, cfg["max_length"],
+                           with_shapes=with_shapes)
     tags = [row if s is not None else [IGNORE_INDEX] * len(row) for row, s in zip(enc.pop("tag_labels"), spans)]
     out = _tensors(enc)
+    if with_shapes:
+        out["shape_ids"] = torch.tensor(enc["shape_ids"], dtype=torch.long)
     out["tag_labels"] = torch.tensor(tags, dtype=torch.long)
     out["intent_labels"] = torch.tensor([intent_index.get(str(i), IGNORE_INDEX) for i in batch["intent"]], dtype=torch.long)
     return out
@@ -55,7 +59,11 @@ def evaluate_intent_entity(model, batches, tokenizer, cfg, device) -> dict[str, 
     for batch in batches:
         texts = [str(t) for t in batch["text"]]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg["max_length"], return_offsets_mapping=True)
-        out = model(**{k: v.to(device) for k, v in _tensors(enc).items()})
+        inputs = _tensors(enc)
+        if model.word_shape:
+            inputs["shape_ids"] = torch.tensor([shape_ids(t, enc["offset_mapping"][i], enc.word_ids(i))
+                                                for i, t in enumerate(texts)], dtype=torch.long)
+        out = model(**{k: v.to(device) for k, v in inputs.items()})
         pred_int = out["intent_logits"].argmax(-1).cpu().tolist()
         tag_logits = out["tag_logits"].float().cpu().numpy()
         for i, text in enumerate(texts):

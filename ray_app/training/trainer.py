@@ -28,7 +28,8 @@ def head_config(config: TrainConfig, label_spaces: dict[str, list[str]]) -> dict
     """Constructor arguments of the task head (label spaces included)."""
     if config.task == "intent_entity":
         return {"intents": label_spaces["intents"], "entity_types": label_spaces["entity_types"],
-                "oos_threshold": config.oos_threshold, "fallback_intent": config.fallback_intent}
+                "oos_threshold": config.oos_threshold, "fallback_intent": config.fallback_intent,
+                "word_shape": config.word_shape}
     if config.task == "ranker":
         return {"loss": config.ranker_loss, "pooling": config.ranker_pooling}
     return {"temperature": config.temperature}

@@ -103,7 +103,7 @@ def test_train_intent_entity_two_workers_registers_model(ray_session, store, tmp
     from ray_app.training.trainer import run_training
 
     fill_tiny_store(store)
-    result = run_training(_config(tmp_path, alias="candidate"), store)
+    result = run_training(_config(tmp_path, alias="candidate", word_shape=True), store)
     assert result.model_version == "intent_entity-v1" and result.epochs_run == 3 and result.restarts == 0
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0], losses
@@ -116,7 +116,7 @@ def test_train_intent_entity_two_workers_registers_model(ray_session, store, tmp
     version = reg.resolve("intent_entity@candidate")
     assert version.name == result.model_version and version.snapshot == "s1" and version.lora
     assert version.label_spaces["entity_types"] == ["brand", "category", "colour"]
-    assert version.table_versions["labels"] >= 1 and version.config["lora_r"] == 8
+    assert version.table_versions["labels"] >= 1 and version.config["lora_r"] == 8 and version.config["word_shape"]
     loaded = reg.load_model("candidate")
     pred = loaded.predict(["black sony headphones"])[0]
     assert pred["raw_intent"] in version.label_spaces["intents"]

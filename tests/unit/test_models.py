@@ -213,6 +213,56 @@ def test_joint_predict_out_of_scope_threshold(tiny):
         assert "red nike shoes"[span["start"]:span["end"]] == span["text"]
 
 
+def test_word_shapes_per_word_and_token():
+    from ray_app.models.tokenize import WORD_SHAPES, shape_ids, word_shape
+
+    names = [WORD_SHAPES[word_shape(w)] for w in ("play", "Heart", "NASA", "iPhone", "12", "3rd", "!", "O'Neil")]
+    assert names == ["lower", "capitalised", "upper", "mixed", "digit", "digit", "none", "capitalised"]
+    tok = load_encoder("tiny-bert")[1]
+    text = "play Heartbeats by ABBA"
+    enc = tok(text, return_offsets_mapping=True)
+    got = shape_ids(text, enc["offset_mapping"], enc.word_ids())
+    words = enc.word_ids()
+    assert got[0] == got[-1] == 0  # [CLS], [SEP]
+    by_word = {w: {g for g, wid in zip(got, words) if wid == w} for w in set(words) - {None}}
+    assert all(len(v) == 1 for v in by_word.values())  # every sub-token carries its word's shape
+    assert [WORD_SHAPES[next(iter(by_word[w]))] for w in sorted(by_word)] == ["lower", "capitalised", "lower", "upper"]
+
+
+def test_joint_word_shape_starts_as_the_plain_model_and_learns(tiny, tmp_path):
+    from ray_app.models.tokenize import encode_with_tags
+
+    tok = tiny[1]
+    plain, shaped = _joint(tiny), _joint(tiny, word_shape=True)
+    plain.eval()
+    shaped.eval()
+    texts = ["Play Heart Beat by Nike", "red nike shoes"]
+    enc = encode_with_tags(tok, texts, [[], []], TAG_INDEX, 32, with_shapes=True)
+    inputs = {k: torch.tensor(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    shapes = torch.tensor(enc["shape_ids"])
+    assert shapes[0].tolist() != shapes[1].tolist()
+    # zero-initialised: the untrained shaped model is exactly the plain one
+    torch.testing.assert_close(shaped(**inputs, shape_ids=shapes)["tag_logits"], plain(**inputs)["tag_logits"])
+    with pytest.raises(ValueError, match="shape_ids"):
+        shaped(**inputs)
+    lora = apply_lora(shaped, LoraSettings(r=2, alpha=4))
+    assert any("shape_head" in n and p.requires_grad for n, p in lora.named_parameters())
+    lora.train()
+    out = lora(**inputs, shape_ids=shapes, tag_labels=torch.tensor(enc["tag_labels"]))
+    out["loss"].backward()
+    grads = [p.grad for n, p in lora.named_parameters() if "shape_head" in n and p.requires_grad]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    _perturb(lora)
+    lora.eval()
+    save_model(lora, tmp_path / "m", "intent_entity", "tiny-bert", LoraSettings(r=2, alpha=4))
+    loaded, _, meta = load_saved_model(tmp_path / "m", merge=True)
+    assert meta["head_config"]["word_shape"] is True
+    torch.testing.assert_close(loaded(**inputs, shape_ids=shapes)["tag_logits"],
+                               lora(**inputs, shape_ids=shapes)["tag_logits"], atol=1e-5, rtol=1e-4)
+    pred = loaded.predict(texts, tok)  # predict derives the shapes from the raw text itself
+    assert len(pred) == 2 and all(texts[i][s["start"]:s["end"]] == s["text"] for i, p in enumerate(pred) for s in p["entities"])
+
+
 def test_ranker_pointwise_and_listwise_losses(tiny):
     tok = tiny[1]
     inputs = ranker_inputs(tok, ["nike shoes"] * 3, ["Nike running shoe", "Sony TV", "Adidas shoe"], 32, "residual")
