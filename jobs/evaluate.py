@@ -85,7 +85,8 @@ def evaluate_ranking(systems: dict[str, Any], queries: list[dict], judged: dict[
     return judged_out, full_out, per_query_figs
 
 
-def evaluate_intent(store: Store, config: EvaluateConfig, queries: list[dict]) -> tuple[dict[str, float], dict[str, dict]]:
+def evaluate_intent(store: Store, config: EvaluateConfig,
+                    queries: list[dict]) -> tuple[dict[str, float], dict[str, dict], dict[str, Any]]:
     """Query-understanding figures of --intent-model on the split, and the per-entity-type breakdown."""
     from ray_app.registry import Registry
 
@@ -103,7 +104,10 @@ def evaluate_intent(store: Store, config: EvaluateConfig, queries: list[dict]) -
         raise JobError(f"--intent-model: no labelled queries in split {config.split!r}")
     model = Registry(config.models_dir).load_model(config.intent_model, task="intent_entity")
     pred = model.predict([g["text"] for g in gold])
-    return query_understanding_metrics(gold, pred), entity_type_metrics(gold, pred)
+    v = model.version
+    which = {"version": v.name, "requested": config.intent_model, "snapshot": v.snapshot, "base_model": v.base_model,
+             "created_at": str(v.created_at)}
+    return query_understanding_metrics(gold, pred), entity_type_metrics(gold, pred), which
 
 
 def _clean(figures: dict[str, Any]) -> dict[str, Any]:
@@ -208,8 +212,9 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         notes.append(f"no judged queries in split {config.split!r}" + (f" of dataset {config.dataset!r}" if config.dataset else ""))
     qu: dict[str, float] = {}
     by_type: dict[str, dict] = {}
+    intent_model: dict[str, Any] = {}
     if config.intent_model:
-        qu, by_type = evaluate_intent(store, config, queries_all)
+        qu, by_type, intent_model = evaluate_intent(store, config, queries_all)
     else:
         skipped["intent_model"] = "not given (--intent-model NAME)"
     stamp = utcnow()
@@ -219,7 +224,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                       "products_version": tbl.version, "split": config.split, "dataset": config.dataset,
                       "snapshot": config.snapshot, "queries": len(queries), "k": config.k, "recall_k": config.recall_k,
                       "judged_list": judged_out, "full_catalogue": full_out, "comparisons": comparisons,
-                      "query_understanding": qu, "entity_types": by_type, "plots": plots,
+                      "query_understanding": qu, "intent_model": intent_model, "entity_types": by_type, "plots": plots,
                       "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
                       "config": config.model_dump(mode="json")})
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +235,8 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     report_path.write_text(render_report(payload))
     return EvaluateResult(queries=len(queries), products=len(texts), products_version=tbl.version,
                           judged_list=payload["judged_list"], full_catalogue=payload["full_catalogue"],
-                          query_understanding=payload["query_understanding"], skipped=skipped, notes=notes,
+                          query_understanding=payload["query_understanding"],
+                          intent_model=payload["intent_model"].get("version"), skipped=skipped, notes=notes,
                           report_path=str(report_path), out_path=str(out_path),
                           seconds=round(time.perf_counter() - started, 2))
 

@@ -349,7 +349,13 @@ def render_report(payload: dict[str, Any]) -> str:
             lines.append("")
     if payload.get("query_understanding"):
         qu = payload["query_understanding"]
-        lines += ["## Query understanding", "", "| figure | value |", "|---|---:|"]
+        lines += ["## Query understanding", ""]
+        which = payload.get("intent_model") or {}
+        if which.get("version"):
+            asked = f" (asked for `{which['requested']}`)" if which.get("requested") not in (None, which["version"]) else ""
+            lines += [f"Model `{which['version']}`{asked}, base `{which.get('base_model')}`, trained on snapshot "
+                      f"`{which.get('snapshot')}` at {which.get('created_at')}.", ""]
+        lines += ["| figure | value |", "|---|---:|"]
         lines += [f"| {key} | {_fmt(val)} |" for key, val in qu.items()] + [""]
     if payload.get("entity_types"):
         lines += ["### Entities by type (exact span + type)", "",

@@ -111,6 +111,7 @@ class EvaluateResult(BaseModel):
     judged_list: dict[str, dict[str, Optional[Union[int, float]]]] = Field(default_factory=dict)  # None: undefined
     full_catalogue: dict[str, dict[str, Optional[Union[int, float]]]] = Field(default_factory=dict)
     query_understanding: dict[str, Optional[Union[int, float]]] = Field(default_factory=dict)
+    intent_model: Optional[str] = None  # the version --intent-model resolved to
     skipped: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     report_path: str

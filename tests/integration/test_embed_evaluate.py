@@ -140,4 +140,6 @@ def test_evaluate_with_registry_models(store, tmp_path):
         assert out.full_catalogue[name]["recall@100"] == out.full_catalogue["hybrid"]["recall@100"]
     qu = out.query_understanding
     assert (qu["queries"], qu["intent_queries"], qu["entity_queries"]) == (2, 2, 1) and 0 <= qu["intent_accuracy"] <= 1
+    assert out.intent_model == "intent_entity-v1"
     assert "cross-encoder ranker-v1" in open(out.report_path).read()
+    assert "Model `intent_entity-v1` (asked for `intent_entity@production`)" in open(out.report_path).read()

@@ -118,9 +118,13 @@ def test_query_understanding_metrics():
     assert list(by_type) == ["brand", "category", "colour"]  # most gold spans first, then by name
     assert by_type["category"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "gold": 1, "predicted": 0}
     assert by_type["brand"]["f1"] == 1.0 and by_type["colour"]["gold"] == by_type["colour"]["predicted"] == 1
-    assert "| entity type | F1 |" in render_report({"created_at": "now", "db": "x", "products": 0, "products_version": 1,
-                                                    "split": "test", "queries": 0, "k": 10, "recall_k": 100,
-                                                    "query_understanding": got, "entity_types": by_type})
+    text = render_report({"created_at": "now", "db": "x", "products": 0, "products_version": 1,
+                          "split": "test", "queries": 0, "k": 10, "recall_k": 100,
+                          "query_understanding": got, "entity_types": by_type,
+                          "intent_model": {"version": "intent_entity-v4", "requested": "intent_entity@latest",
+                                           "base_model": "minilm", "snapshot": "snips", "created_at": "2026-12-01"}})
+    assert "| entity type | F1 |" in text
+    assert "Model `intent_entity-v4` (asked for `intent_entity@latest`), base `minilm`, trained on snapshot `snips`" in text
 
 
 def test_report_renders_tables():
