@@ -218,8 +218,9 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     else:
         skipped["intent_model"] = "not given (--intent-model NAME)"
     stamp = utcnow()
+    stem = f"eval-{stamp:%Y%m%d-%H%M%S}"
     report_dir = Path(config.report_dir)
-    plots = draw_plots(report_dir, f"eval-{stamp:%Y%m%d-%H%M%S}", judged_out, full_out, comparisons, config, notes)
+    plots = draw_plots(report_dir, stem, judged_out, full_out, comparisons, config, notes)
     payload = _clean({"created_at": f"{stamp:%Y-%m-%d %H:%M:%S} UTC", "db": store.uri, "products": len(texts),
                       "products_version": tbl.version, "split": config.split, "dataset": config.dataset,
                       "snapshot": config.snapshot, "queries": len(queries), "k": config.k, "recall_k": config.recall_k,
@@ -228,10 +229,10 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                       "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
                       "config": config.model_dump(mode="json")})
     report_dir.mkdir(parents=True, exist_ok=True)
-    out_path = Path(config.out) if config.out else report_dir / f"eval-{stamp:%Y%m%d-%H%M%S}.json"
+    out_path = Path(config.out) if config.out else report_dir / f"{stem}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(payload, indent=2))
-    report_path = report_dir / f"eval-{stamp:%Y%m%d-%H%M%S}.md"
+    report_path = report_dir / f"{stem}.md"
     report_path.write_text(render_report(payload))
     return EvaluateResult(queries=len(queries), products=len(texts), products_version=tbl.version,
                           judged_list=payload["judged_list"], full_catalogue=payload["full_catalogue"],

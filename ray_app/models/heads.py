@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ray_app.models.encoder import mean_pool
-from ray_app.models.tokenize import IGNORE_INDEX, WORD_SHAPES, bio_tags, decode_entities, shape_ids
+from ray_app.models.tokenize import IGNORE_INDEX, WORD_SHAPES, batch_shape_ids, bio_tags, decode_entities
 
 MAX_GAIN = 3.0  # ESCI_GAIN["E"]
 
@@ -68,13 +68,11 @@ class JointIntentEntityModel(nn.Module):
                 shape_ids=None):
         if self.word_shape:
             if shape_ids is None:
-                raise ValueError("this intent_entity model reads word shapes: pass shape_ids (tokenize.shape_ids)")
-            embeds = self.backbone.get_input_embeddings()(input_ids) + self.shape_head(shape_ids)
-            hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask,
-                                   token_type_ids=token_type_ids).last_hidden_state
+                raise ValueError("this intent_entity model reads word shapes: pass shape_ids (tokenize.batch_shape_ids)")
+            tokens = {"inputs_embeds": self.backbone.get_input_embeddings()(input_ids) + self.shape_head(shape_ids)}
         else:
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                                   token_type_ids=token_type_ids).last_hidden_state
+            tokens = {"input_ids": input_ids}
+        hidden = self.backbone(**tokens, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
         hidden = self.dropout(hidden)
         intent_logits = self.intent_head(hidden[:, 0])
         tag_logits = self.tag_head(hidden)
@@ -106,9 +104,7 @@ class JointIntentEntityModel(nn.Module):
                                 return_offsets_mapping=True, return_tensors="pt")
                 inputs = {k: enc[k].to(_device(self)) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
                 if self.word_shape:
-                    inputs["shape_ids"] = torch.tensor(
-                        [shape_ids(t, enc["offset_mapping"][i].tolist(), enc.word_ids(i)) for i, t in enumerate(chunk)],
-                        dtype=torch.long, device=_device(self))
+                    inputs["shape_ids"] = torch.tensor(batch_shape_ids(chunk, enc), dtype=torch.long, device=_device(self))
                 out = self.forward(**inputs)
                 probs = out["intent_logits"].float().softmax(-1).cpu()
                 tag_logits = out["tag_logits"].float().cpu().numpy()

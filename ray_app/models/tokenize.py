@@ -156,6 +156,15 @@ def shape_ids(text: str, offsets: Sequence[Sequence[int]], word_ids: Sequence[Op
     return [0 if wid is None else shape[wid] for wid in word_ids]
 
 
+def batch_shape_ids(texts: Sequence[str], enc) -> list[list[int]]:
+    """shape_ids for every row of a fast tokenizer's batch encoding of `texts` (offsets as lists or tensors)."""
+    rows = []
+    for i, text in enumerate(texts):
+        offsets = enc["offset_mapping"][i]
+        rows.append(shape_ids(str(text), offsets.tolist() if hasattr(offsets, "tolist") else offsets, enc.word_ids(i)))
+    return rows
+
+
 def encode_with_tags(tokenizer, texts: Sequence[str], spans_per_text: Sequence[Sequence[Any]],
                      tag_index: dict[str, int], max_length: int = 64, with_shapes: bool = False) -> dict[str, Any]:
     """Tokenize a batch (padded) and align BIO tags (and word shapes); lists ready for torch.tensor."""
@@ -169,7 +178,7 @@ def encode_with_tags(tokenizer, texts: Sequence[str], spans_per_text: Sequence[S
     out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     out["tag_labels"] = tags
     if with_shapes:
-        out["shape_ids"] = [shape_ids(str(t), enc["offset_mapping"][i], enc.word_ids(i)) for i, t in enumerate(texts)]
+        out["shape_ids"] = batch_shape_ids(texts, enc)
     return out
 
 

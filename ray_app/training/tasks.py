@@ -17,7 +17,7 @@ import torch
 
 from ray_app.metrics import ndcg_at_k, prf_from_counts, retrieval_metrics
 from ray_app.models.heads import ranker_inputs
-from ray_app.models.tokenize import IGNORE_INDEX, bio_tags, decode_entities, encode_with_tags, shape_ids
+from ray_app.models.tokenize import IGNORE_INDEX, batch_shape_ids, bio_tags, decode_entities, encode_with_tags
 
 ENC_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -61,8 +61,7 @@ def evaluate_intent_entity(model, batches, tokenizer, cfg, device) -> dict[str, 
         enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg["max_length"], return_offsets_mapping=True)
         inputs = _tensors(enc)
         if model.word_shape:
-            inputs["shape_ids"] = torch.tensor([shape_ids(t, enc["offset_mapping"][i], enc.word_ids(i))
-                                                for i, t in enumerate(texts)], dtype=torch.long)
+            inputs["shape_ids"] = torch.tensor(batch_shape_ids(texts, enc), dtype=torch.long)
         out = model(**{k: v.to(device) for k, v in inputs.items()})
         pred_int = out["intent_logits"].argmax(-1).cpu().tolist()
         tag_logits = out["tag_logits"].float().cpu().numpy()
