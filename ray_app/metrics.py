@@ -7,6 +7,8 @@ Conventions, chosen once so every job reports comparable numbers:
 - Recall@k is over the query's relevant items; MRR uses the first relevant item (0 if none ranked).
 - Span F1 is micro-averaged exact match on (start, end, type); macro-F1 averages per-class F1
   over the classes seen in truth or prediction (scikit-learn's default).
+Accuracy, macro-F1, ROC AUC and Cohen's kappa are scikit-learn's; the wrappers here fix the
+conventions above (empty input, a class that is never predicted, labels of any hashable type).
 """
 from __future__ import annotations
 
@@ -91,24 +93,48 @@ def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray, ks: Sequence[int
     return out
 
 
+def _sklearn_metrics():
+    # imported on first use: sklearn.metrics takes ~2 s to import and most callers (ranking
+    # metrics in training and tuning workers) never need it
+    from sklearn import metrics
+
+    return metrics
+
+
+def _encode(*columns: Sequence[Hashable], labels: Optional[Sequence[Hashable]] = None) -> tuple[list[np.ndarray], list[int]]:
+    """Labels of any hashable type (None, mixed str/int) as integer codes, for scikit-learn."""
+    codes: dict[Hashable, int] = {}
+    for c in labels or []:
+        codes.setdefault(c, len(codes))
+    encoded = [np.asarray([codes.setdefault(v, len(codes)) for v in col], dtype=np.int64) for col in columns]
+    return encoded, [codes[c] for c in labels] if labels is not None else sorted(codes.values())
+
+
 def accuracy(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> float:
+    """Share of exact matches; 0 without items."""
     if len(y_true) == 0:
         return 0.0
-    return float(np.mean([t == p for t, p in zip(y_true, y_pred)]))
+    (t, p), _ = _encode(y_true, y_pred)
+    return float(_sklearn_metrics().accuracy_score(t, p))
 
 
 def macro_f1(y_true: Sequence[Hashable], y_pred: Sequence[Hashable], labels: Optional[Sequence[Hashable]] = None) -> float:
     """Unweighted mean of per-class F1 over `labels` (default: classes in truth or prediction)."""
-    labels = list(labels) if labels is not None else sorted(set(y_true) | set(y_pred), key=str)
-    if not labels:
+    (t, p), codes = _encode(y_true, y_pred, labels=list(labels) if labels is not None else None)
+    if not codes:
         return 0.0
-    f1s = []
-    for c in labels:
-        tp = sum(1 for t, p in zip(y_true, y_pred) if t == c and p == c)
-        fp = sum(1 for t, p in zip(y_true, y_pred) if t != c and p == c)
-        fn = sum(1 for t, p in zip(y_true, y_pred) if t == c and p != c)
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return float(np.mean(f1s))
+    # zero_division=0: a class never predicted nor present scores 0, as in the hand-computed tests
+    return float(_sklearn_metrics().f1_score(t, p, labels=codes, average="macro", zero_division=0.0))
+
+
+def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> Optional[float]:
+    """Cohen's kappa of two raters over the same items, rounded to 4 places (None without items)."""
+    if len(a) == 0:
+        return None
+    (x, y), codes = _encode(a, b)
+    if len(codes) == 1:  # one class used by both raters: chance agreement is 1, kappa undefined
+        return 1.0
+    return round(float(_sklearn_metrics().cohen_kappa_score(x, y)), 4)
 
 
 def span_counts(gold: Sequence[Iterable[tuple]], pred: Sequence[Iterable[tuple]]) -> tuple[int, int, int]:
@@ -138,20 +164,8 @@ def span_f1(gold: Sequence[Iterable[tuple]], pred: Sequence[Iterable[tuple]]) ->
 
 
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties count half); NaN if one class is absent."""
+    """Area under the ROC curve (ties count half); NaN if one class is absent."""
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.size == 0 or y.all() or not y.any():
         return float("nan")
-    order = np.argsort(s, kind="stable")
-    ranks = np.empty_like(s)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(_sklearn_metrics().roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
