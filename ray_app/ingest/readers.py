@@ -97,6 +97,67 @@ def parse_jsonl(source: str, payload: bytes, encoding: Optional[str] = None, fir
         yield raw_row(source, i, text, data)
 
 
+class _RecordTooLong(Exception):
+    """A CSV record ran over MAX_RECORD_LINES lines: an unbalanced quote, not a real field."""
+
+
+# A quoted CSV field may hold newlines; one that spans more lines than this is an unclosed quote.
+MAX_RECORD_LINES = 2_000
+
+
+class _LineFeed:
+    """Feeds body lines to csv.reader from `start`, counting what it consumed for the current record."""
+
+    def __init__(self, texts: list[str], start: int):
+        self.texts, self.pos, self.record_start = texts, start, start
+
+    def __iter__(self) -> "_LineFeed":
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.texts):
+            raise StopIteration
+        if self.pos - self.record_start >= MAX_RECORD_LINES:
+            raise _RecordTooLong()
+        self.pos += 1
+        return self.texts[self.pos - 1] + "\n"
+
+
+def csv_records(texts: list[str], delimiter: str = ",") -> Iterator[tuple[int, int, Optional[list[str]], str]]:
+    """(first line, end line, fields or None, error) for each record of CSV body lines.
+
+    Strict parsing, so a quote left open never swallows the rest of the file: the record's first
+    line alone is reported bad and parsing resumes on the next line. Every line belongs to exactly
+    one record, whatever the input.
+    """
+    csv.field_size_limit(2**31 - 1)  # fields of any size are read; the cleaner quarantines oversized ones
+    i = 0
+    while i < len(texts):
+        feed = _LineFeed(texts, i)
+        reader = csv.reader(feed, delimiter=delimiter, strict=True)
+        while True:
+            feed.record_start = start = feed.pos
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except _RecordTooLong:
+                yield start, start + 1, None, f"unbalanced quote: a quoted field is still open after {MAX_RECORD_LINES:,} lines"
+                i = start + 1
+                break
+            except csv.Error as exc:
+                if feed.pos - start > 1 or feed.pos >= len(texts):  # an open quote ran on: only its first line is bad
+                    yield start, start + 1, None, f"unbalanced quote: {exc}"
+                    i = start + 1
+                else:
+                    yield start, feed.pos, None, f"malformed CSV: {exc}"
+                    i = feed.pos
+                break
+            yield start, feed.pos, fields, ""
+        else:  # pragma: no cover - the inner loop always breaks or returns
+            return
+
+
 def parse_csv(source: str, payload: bytes, delimiter: str = ",", encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:
     lines = _split_lines(payload)
     decoded, _ = _decode_lines(lines, encoding)
@@ -113,34 +174,33 @@ def parse_csv(source: str, payload: bytes, delimiter: str = ",", encoding: Optio
     if not good:
         return
     header_line, header_text = good[0]
-    header = [h.strip().lstrip("\ufeff") for h in next(csv.reader([header_text], delimiter=delimiter))]
-    # Feed the remaining lines through one csv reader so quoted newlines work; map back to line numbers.
+    header_fields = next(csv.reader([header_text], delimiter=delimiter), [])
+    header = [h.strip().lstrip("\ufeff").strip() for h in header_fields]
+    # One strict reader over the remaining lines so quoted newlines work; map back to line numbers.
     numbers = [n for n, _ in good[1:]]
-    reader = csv.reader((t + "\n" for _, t in good[1:]), delimiter=delimiter)
     texts = [t for _, t in good[1:]]
-    consumed = 0
-    for fields in reader:
-        start = consumed
-        consumed = reader.line_num
-        line_no = numbers[start] if start < len(numbers) else numbers[-1]
-        raw = "\n".join(texts[start:consumed])
-        if not fields or all(not f.strip() for f in fields):
+    for start, end, fields, error in csv_records(texts, delimiter):
+        line_no, raw = numbers[start], "\n".join(texts[start:end])
+        if error:
+            yield raw_row(source, line_no, raw, None, error)
+        elif not fields or all(not f.strip() for f in fields):
             yield raw_row(source, line_no, raw, None, "empty line")
-            continue
-        if len(fields) != len(header):
+        elif len(fields) != len(header):
             yield raw_row(source, line_no, raw, None,
-                          f"CSV row has {len(fields)} fields, the header has {len(header)}")
-            continue
-        yield raw_row(source, line_no, raw, dict(zip(header, fields)))
+                          f"CSV row has {len(fields)} fields, the header has {len(header)} ({', '.join(header)[:300]})")
+        else:
+            yield raw_row(source, line_no, raw, dict(zip(header, fields)))
 
 
 def parse_json_document(source: str, payload: bytes, encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:
     """A JSON file holding a list of objects (or a JSONL file misnamed .json)."""
     lines = _split_lines(payload)
     decoded, _ = _decode_lines(lines, encoding)
-    text = "\n".join(t if t is not None else b.decode("utf-8", errors="replace") for b, t in zip(lines, decoded))
+    if any(t is None for t in decoded):  # never repair a document silently: each broken line is quarantined
+        yield from parse_jsonl(source, payload, encoding)
+        return
     try:
-        data = json.loads(text)
+        data = json.loads("\n".join(decoded))
     except json.JSONDecodeError:
         yield from parse_jsonl(source, payload, encoding)
         return
@@ -164,6 +224,8 @@ def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None,
     """Dispatch on the format; gzip is undone first. `first_line` numbers a JSONL byte range."""
     if payload[:2] == b"\x1f\x8b":
         payload = gzip.decompress(payload)
+    if first_line == 1 and payload.startswith(b"\xef\xbb\xbf"):
+        payload = payload[3:]  # a UTF-8 byte-order mark is not part of the first row
     fmt = detect_format(path, forced_format)
     if fmt == "jsonl":
         yield from parse_jsonl(path, payload, encoding, first_line)

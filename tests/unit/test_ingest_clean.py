@@ -83,7 +83,7 @@ def test_csv_reader_counts_fields_and_handles_quotes():
     payload = b'id,title\n1,"a, b"\n2\n\n3,"multi\nline"\n'
     rows = list(parse_file("x.csv", payload))
     assert [r["_data"] if r["_data"] is not None else r["_error"] for r in rows] == [
-        {"id": "1", "title": "a, b"}, "CSV row has 1 fields, the header has 2", "empty line", {"id": "3", "title": "multi\nline"}]
+        {"id": "1", "title": "a, b"}, "CSV row has 1 fields, the header has 2 (id, title)", "empty line", {"id": "3", "title": "multi\nline"}]
 
 
 def test_byte_ranges_give_every_line_to_exactly_one_range():
