@@ -12,10 +12,15 @@ retriever with --rerank-base retriever); with --rerank-fusion also the re-rankin
 the cross-encoder's order with the candidates' first-stage order (RRF). Protocols are described in `ray_app/evaluation.py`.
 Vector search is exact brute force by default (models compare without index error); product
 vectors come from the table when they were made by the same model from the same text, else they
-are encoded here. Queries/judgments/labels are read from --snapshot when given; products are the
-live indexed table (run jobs.embed first: it builds the BM25 indexes). Writes
+are encoded here. With --snapshot every table is read as the snapshot pinned it, products
+included (searched with the live table's indexes where they are exact for the snapshot's rows,
+see `ray_app/eval_data.py`); run jobs.embed first: it builds the BM25 indexes. Judgments
+that cannot be scored (their product or query is not in the snapshot) are counted under
+`unscored` in the JSON, the report and the summary, never dropped silently. Writes
 <report-dir>/eval-<UTC time>.md with a PNG figure per ranking protocol beside it, and the figures
-as JSON (--out); last stdout line: JSON summary.
+as JSON (--out); last stdout line: JSON summary. Each judgment is scored with the gain stored with
+it (its declared grade scale, named in the report and the summary); a split holding no judged query
+(with no --intent-model to score instead) exits 1 naming the queries each split holds.
 """
 from __future__ import annotations
 
@@ -23,21 +28,21 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 
 from ray_app.cli import JobError, main_wrapper
-from ray_app.evaluation import (BM25, Dense, Hybrid, Rerank, RerankFusion, catalogue_metrics, compare_systems,
-                                entity_type_metrics, judged_list_metrics, mean_metrics, query_understanding_metrics, render_report)
-from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, fts_columns_indexed, load_text_encoder
+from ray_app.evaluation import (BM25, Dense, Graded, Hybrid, Rerank, RerankFusion, catalogue_metrics, compare_systems,
+                                entity_type_metrics, judged_list_metrics, judged_metrics, mean_metrics, query_understanding_metrics, render_report)
+from ray_app.eval_data import open_catalogue, split_judged_lists, unscored_note
+from ray_app.index import fts_columns_indexed, load_text_encoder
+from ray_app.labeling.resolve import RANK_COLUMNS, resolve
 from ray_app.store import Store, StoreError, utcnow
-from ray_app.training.data import product_text, resolve_labels
+from schemas.grades import ESCI, GradeScale
 from schemas.evaluation import EvaluateConfig, EvaluateResult
-
-TEXT_COLUMNS = ["product_id", "title", "brand", "category_path", "attributes", "description"]
-
 
 def _read(store: Store, config: EvaluateConfig, table: str, columns: list[str]) -> list[dict[str, Any]]:
     try:
@@ -53,15 +58,36 @@ def eval_queries(store: Store, config: EvaluateConfig) -> list[dict[str, Any]]:
     return sorted((q for q in rows if (not config.dataset or q["dataset"] == config.dataset)), key=lambda q: q["query_id"])
 
 
-def judged_lists(store: Store, config: EvaluateConfig, queries: list[dict], catalogue: set[str]) -> dict[str, dict[str, str]]:
-    """query_id -> {product_id: grade} of the split's queries (query split wins over the judgment's)."""
-    split_of = {q["query_id"]: q["split"] for q in queries}
-    out: dict[str, dict[str, str]] = {}
-    for j in _read(store, config, "judgments", ["query_id", "product_id", "grade", "split"]):
-        qid = j["query_id"]
-        if qid in split_of and (split_of[qid] or j["split"]) == config.split and j["product_id"] in catalogue:
-            out.setdefault(qid, {})[j["product_id"]] = j["grade"]
-    return out
+def judged_lists(store: Store, config: EvaluateConfig, queries: list[dict],
+                 catalogue: set[str]) -> tuple[dict[str, dict[str, Graded]], dict[str, int]]:
+    """query_id -> {product_id: judgment with its stored gain} of the split's queries, and what could not be scored."""
+    known = {q["query_id"] for q in _read(store, config, "queries", ["query_id"])}  # of any dataset
+    judgments = _read(store, config, "judgments", ["query_id", "product_id", "grade", "gain", "scale", "split"])
+    scales: dict[str, GradeScale] = {}
+    for j in judgments:  # each judgment is scored with the gain stored with it, on its declared scale
+        spec = j["scale"] or ESCI.spec
+        scale = scales.get(spec) or scales.setdefault(spec, GradeScale.parse(spec))
+        j["grade"] = Graded.of(j["grade"], j["gain"], scale)
+    return split_judged_lists(judgments, known, queries, config.split, catalogue)
+
+
+def grade_scales(judged: dict[str, dict[str, Graded]]) -> list[str]:
+    """The specs of the grade scales the evaluated judgments were graded on."""
+    return sorted({g.scale for graded in judged.values() for g in graded.values()})
+
+
+def empty_split_error(store: Store, config: EvaluateConfig, queries: list[dict[str, Any]]) -> JobError:
+    """The error of an evaluation with nothing to score in its split, with what each split holds."""
+    judged = {j["query_id"]: j["split"] for j in _read(store, config, "judgments", ["query_id", "split"])}
+    per_split: dict[str, list[int]] = {}
+    for q in queries:
+        counts = per_split.setdefault(q["split"] or judged.get(q["query_id"]) or "(none)", [0, 0])
+        counts[0] += 1
+        counts[1] += q["query_id"] in judged
+    held = ", ".join(f"{name}: {n:,} queries, {j:,} judged" for name, (n, j) in sorted(per_split.items())) or "no queries at all"
+    where = (f" of dataset {config.dataset!r}" if config.dataset else "") + (f" in snapshot {config.snapshot!r}" if config.snapshot else "")
+    return JobError(f"no judged query in split {config.split!r}{where} to evaluate; the splits hold {held}. "
+                    "Pick one with --split, or assign splits at ingest (jobs.ingest --test-fraction 0.2 --seed 13)")
 
 
 def evaluate_ranking(systems: dict[str, Any], queries: list[dict], judged: dict[str, dict[str, str]],
@@ -91,10 +117,10 @@ def evaluate_intent(store: Store, config: EvaluateConfig,
     from ray_app.registry import Registry
 
     in_split = {q["query_id"]: q for q in queries if q["split"] == config.split}
-    labels = [lab for lab in _read(store, config, "labels", ["target_type", "target_id", "task", "value", "spans", "source",
-                                                              "confidence", "created_at"])
+    labels = [lab for lab in _read(store, config, "labels", ["target_type", "target_id", "task", "value", "spans",
+                                                              "annotator", *RANK_COLUMNS])
               if lab["target_type"] == "query" and lab["task"] in ("intent", "entity") and lab["target_id"] in in_split]
-    resolved = resolve_labels(labels)
+    resolved = resolve(labels)
     gold = []
     for qid in sorted({lab["target_id"] for lab in labels}):
         intent, entity = resolved.get((qid, "intent")), resolved.get((qid, "entity"))
@@ -106,8 +132,16 @@ def evaluate_intent(store: Store, config: EvaluateConfig,
     pred = model.predict([g["text"] for g in gold])
     v = model.version
     which = {"version": v.name, "requested": config.intent_model, "snapshot": v.snapshot, "base_model": v.base_model,
-             "created_at": str(v.created_at)}
+             "created_at": str(v.created_at), "scored_against": scored_against(resolved)}
     return query_understanding_metrics(gold, pred), entity_type_metrics(gold, pred), which
+
+
+def scored_against(resolved: dict[tuple, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per task, how many of the labels scored against came from each source:annotator (rule labels
+    make a score of imitation, not of truth: the report must say which it is)."""
+    who = [(task, f"{lab['source']}:{lab['annotator']}" if lab.get("annotator") else lab["source"])
+           for (_, task), lab in resolved.items()]
+    return {task: dict(sorted(Counter(w for t, w in who if t == task).items())) for task in ("intent", "entity")}
 
 
 def _clean(figures: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +197,9 @@ def draw_plots(report_dir: Path, stem: str, judged_out: dict, full_out: dict, co
 
     plots: dict[str, str] = {}
     for key, figures, metric, label, title in (
-            ("judged_list", judged_out, "ndcg_esci", "NDCG (ESCI gains)", "Judged-list re-ranking"),
+            ("judged_list", judged_out, judged_metrics(judged_out, config.k)[0],
+             "NDCG (ESCI gains)" if judged_metrics(judged_out, config.k)[0] == "ndcg_esci" else f"NDCG@{config.k}",
+             "Judged-list re-ranking"),
             ("full_catalogue", full_out, f"ndcg@{config.k}", f"NDCG@{config.k}", "Full-catalogue retrieval")):
         if not figures:
             continue
@@ -184,15 +220,21 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     store = Store(config.db)
     if not store.exists("products"):
         raise JobError(f"no products table in {store.uri}; run jobs.ingest and jobs.embed first")
-    tbl = store.table("products")
-    cols = TEXT_COLUMNS + [c for c in (VECTOR_COLUMN, MODEL_COLUMN, HASH_COLUMN) if c in tbl.schema.names]
-    products = tbl.search().select(cols).limit(None).to_arrow()
-    texts = {r["product_id"]: product_text(r) for r in products.select(TEXT_COLUMNS).to_pylist()}
+    try:
+        catalogue = open_catalogue(store, config.snapshot, config.fts_columns)
+    except StoreError as exc:
+        raise JobError(str(exc)) from exc
+    tbl, products, texts = catalogue.tbl, catalogue.products, catalogue.texts
     queries_all = eval_queries(store, config)
-    judged = judged_lists(store, config, queries_all, set(texts))
+    judged, unscored = judged_lists(store, config, queries_all, set(texts))
     queries = [q for q in queries_all if q["query_id"] in judged][:config.max_queries]
+    in_split = any(q["split"] == config.split for q in queries_all)
+    if not queries and (not config.intent_model or not in_split):  # nothing to score: say why, never "queries: 0, ok"
+        raise empty_split_error(store, config, queries_all)
     skipped: dict[str, str] = {}
-    notes: list[str] = []
+    notes: list[str] = [n for n in (catalogue.note, unscored_note(unscored, config.split, config.snapshot)) if n]
+    for note in notes:
+        log(f"evaluate: {note}")
     judged_out: dict[str, Any] = {}
     full_out: dict[str, Any] = {}
     systems: dict[str, Any] = {}
@@ -203,12 +245,12 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         if config.compare_to != "none" and config.compare_to in systems and len(systems) > 1:
             comparisons = {"reference": config.compare_to, "resamples": config.bootstrap,
                            "judged_list": compare_systems(per_query["judged_list"], config.compare_to,
-                                                          ["ndcg_esci", f"ndcg@{config.k}"], config.bootstrap),
+                                                          judged_metrics(judged_out, config.k), config.bootstrap),
                            "full_catalogue": compare_systems(per_query["full_catalogue"], config.compare_to,
                                                              [f"ndcg@{config.k}", f"recall@{config.recall_k}"], config.bootstrap)}
         elif config.compare_to != "none" and config.compare_to not in systems:
             notes.append(f"no comparison: --compare-to {config.compare_to} is not among the systems evaluated")
-    else:
+    else:  # only the intent model is scored (the split has queries, none judged)
         notes.append(f"no judged queries in split {config.split!r}" + (f" of dataset {config.dataset!r}" if config.dataset else ""))
     qu: dict[str, float] = {}
     by_type: dict[str, dict] = {}
@@ -222,8 +264,10 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     report_dir = Path(config.report_dir)
     plots = draw_plots(report_dir, stem, judged_out, full_out, comparisons, config, notes)
     payload = _clean({"created_at": f"{stamp:%Y-%m-%d %H:%M:%S} UTC", "db": store.uri, "products": len(texts),
-                      "products_version": tbl.version, "split": config.split, "dataset": config.dataset,
-                      "snapshot": config.snapshot, "queries": len(queries), "k": config.k, "recall_k": config.recall_k,
+                      "products_version": catalogue.version, "unscored": unscored, "split": config.split,
+                      "dataset": config.dataset,
+                      "snapshot": config.snapshot, "queries": len(queries), "grade_scales": grade_scales(judged),
+                      "k": config.k, "recall_k": config.recall_k,
                       "judged_list": judged_out, "full_catalogue": full_out, "comparisons": comparisons,
                       "query_understanding": qu, "intent_model": intent_model, "entity_types": by_type, "plots": plots,
                       "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
@@ -234,7 +278,8 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     out_path.write_text(json.dumps(payload, indent=2))
     report_path = report_dir / f"{stem}.md"
     report_path.write_text(render_report(payload))
-    return EvaluateResult(queries=len(queries), products=len(texts), products_version=tbl.version,
+    return EvaluateResult(queries=len(queries), products=len(texts), products_version=catalogue.version,
+                          unscored=unscored, grade_scales=payload["grade_scales"],
                           judged_list=payload["judged_list"], full_catalogue=payload["full_catalogue"],
                           query_understanding=payload["query_understanding"],
                           intent_model=payload["intent_model"].get("version"), skipped=skipped, notes=notes,

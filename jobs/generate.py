@@ -1,9 +1,10 @@
-"""Write a deterministic synthetic shop (products, queries, users, events, gold and human labels).
+"""Write a deterministic synthetic shop (products, queries, users, events, gold and human labels)
+and its held-out evaluation set: gold labels and graded judgments (ESCI letters) of the test split.
 
 The files are plain shop exports, the input of `jobs.ingest`; the same seed writes the same
 bytes. No Ray: numpy and pandas only, a 5000-product shop takes about a second.
 
-    python -m jobs.generate --out data/demo --seed 7 --products 5000 --queries 2000 \\
+    python -m jobs.generate --out workspace/demo --seed 7 --products 5000 --queries 2000 \\
         --users 500 --events 50000 --gold-fraction 0.2
 """
 from __future__ import annotations

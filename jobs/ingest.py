@@ -9,6 +9,16 @@ Every row read is accounted for: read = accepted + quarantined + duplicates (per
 the `ingest_runs` ledger); rejected rows are kept whole in the `quarantine` table with the
 reason. Writes are upserts by key (latest row wins), so re-running changes no counts.
 Exits 0 when the input was read (even with quarantined rows); 1 when it cannot be read at all.
+
+Judgments: `--table judgments` also fills `queries` from the same file when its rows carry the
+query text (`query`, `query_text` or `text`; without a `query_id` the id derives from the
+normalised text). Grades are on the declared scale: `--grades numeric:0-3` (gain = grade,
+fractional means of several raters allowed) or `--grades perfect=3,good=2,bad=0`, else the
+grades of the store's taxonomy, else ESCI letters; each judgment stores its gain and scale.
+Labels: `--table labels` takes the labels table's own columns (target_id, task, value, ...) or a
+shop's file keyed by query text (`query,intent`: task intent, source human), which fills `queries` too.
+Splits: `--test-fraction 0.4 --validation-fraction 0.1 --seed 13` puts each query, and with it its
+judgments, in a split by a hash of the query id (the same on every run: nothing leaks).
 """
 from __future__ import annotations
 
@@ -17,13 +27,17 @@ import time
 from typing import Optional, Sequence
 
 from ray_app.cli import JobError, main_wrapper
-from ray_app.ingest.adapters import Source, esci_sources, list_files, snips_sources
+from ray_app.errors import describe, is_expected
+from ray_app.ingest.adapters import Source, esci_sources, judgment_sources, label_sources, list_files, snips_sources
 from ray_app.ingest.pipeline import ingest_table, known_format
 from ray_app.privacy import DEV_KEY_WARNING, resolve_key
 from ray_app.runtime import init_ray
-from ray_app.store import Store
+from ray_app.store import Store, schema_of
+from ray_app.taxonomy import declare_taxonomy, declared_taxonomy, load_taxonomy_file, taxonomy_from_labels
 from schemas.config import IngestConfig
+from schemas.grades import ESCI, GradeScale
 from schemas.ingest import IngestResult
+from schemas.taxonomy import TaxonomyError, builtin_taxonomy
 
 
 def plan_sources(config: IngestConfig) -> list[Source]:
@@ -44,6 +58,10 @@ def plan_sources(config: IngestConfig) -> list[Source]:
         raise JobError(f"cannot read the input {config.path!r}: {exc}") from exc
     if not files:
         raise JobError(f"cannot read the input: {config.path} contains no CSV, JSONL, JSON or Parquet files")
+    if config.table == "judgments":  # a judgments file names its queries: it fills `queries` too
+        return judgment_sources(files, config.map)
+    if config.table == "labels":  # so may a labels file keyed by query text (`query,intent`)
+        return label_sources(files, config.map)
     return [Source(config.table, files, None, config.map)]
 
 
@@ -52,6 +70,10 @@ def run(config: IngestConfig) -> IngestResult:
     started = time.perf_counter()
     sources = plan_sources(config)
     key, is_dev_key = resolve_key(config.pseudonym_key)
+    try:  # a bad taxonomy file fails before any Ray work
+        taxonomy = load_taxonomy_file(config.taxonomy) if config.taxonomy else None
+    except TaxonomyError as exc:
+        raise JobError(str(exc)) from exc
     warnings = []
     if is_dev_key and any(s.table in ("users", "events") for s in sources):
         warnings.append(DEV_KEY_WARNING)
@@ -60,23 +82,41 @@ def run(config: IngestConfig) -> IngestResult:
     store = Store(config.db)
     ctx = {"pseudonym_key": key, "max_field_chars": config.max_field_chars, "split": config.split,
            "dataset": config.source if config.source != "generic" else ""}
+    if taxonomy is not None:
+        warnings += declare_taxonomy(store, taxonomy, key, source=config.taxonomy)
+    declared = declared_taxonomy(store)
+    # labels are checked against the store's taxonomy; SNIPS brings its own and declares it below
+    ctx["taxonomy"] = declared or (None if config.source == "snips" else builtin_taxonomy())
+    # judgments are graded on --grades, else on the grades the store's taxonomy declares, else ESCI's
+    ctx["grades"] = config.grades or (GradeScale.from_gains(declared.grades) if declared else ESCI)
+    if config.hash_split:
+        ctx.update(split_seed=config.seed, test_fraction=config.test_fraction or 0.0,
+                   validation_fraction=config.validation_fraction or 0.0)
     tables = []
     for src in sources:
         try:
             stats = ingest_table(store, src.table, src.paths, ctx, mapping=src.mapping or config.map,
                                  transform=src.transform, forced_format=config.format, block_rows=config.block_rows,
-                                 source_label=config.path, encoding=config.encoding)
-        except Exception as exc:  # Ray wraps worker errors; report the root cause, not a traceback
-            cause = exc
-            while getattr(cause, "__cause__", None) is not None:
-                cause = cause.__cause__
-            raise JobError(f"cannot ingest {src.table} from {config.path}: {type(cause).__name__}: {cause}") from exc
+                                 source_label=config.path, encoding=config.encoding, derived=src.derived)
+        except Exception as exc:  # Ray wraps worker errors; name the table and the root cause, not a traceback
+            if not is_expected(exc):
+                raise  # a bug: main_wrapper writes its traceback to a log file
+            raise JobError(f"cannot ingest {src.table} from {config.path}: {describe(exc)}") from exc
         tables.append(stats)
+        if stats.ignored_columns:  # said even when quiet: a column a user meant to load may be misnamed
+            note = (f"{stats.table}: ignored columns that map to no column of the table: {', '.join(stats.ignored_columns)}"
+                    f" (rename with --map SRC=DST; columns: {', '.join(f.name for f in schema_of(stats.table))})")
+            warnings.append(note)
+            print(f"jobs.ingest: warning: {note}", file=sys.stderr)
         if not config.quiet:
             reasons = ", ".join(f"{k} x{v}" for k, v in list(stats.quarantine_reasons.items())[:6])
             print(f"{stats.table:>10}: read {stats.read:,}  accepted {stats.accepted:,}  quarantined {stats.quarantined:,}"
                   f"  duplicates {stats.duplicates:,}  -> version {stats.version}" + (f"  [{reasons}]" if reasons else ""),
                   file=sys.stderr)
+    if declared is None and config.source == "snips":
+        own = taxonomy_from_labels(store.read("labels", where="annotator = 'snips'"), "snips")
+        if own is not None:
+            declare_taxonomy(store, own, key, source=config.path)
     return IngestResult(source=config.source, read=sum(t.read for t in tables), accepted=sum(t.accepted for t in tables),
                         quarantined=sum(t.quarantined for t in tables), duplicates=sum(t.duplicates for t in tables),
                         versions={t.table: t.version for t in tables}, tables=tables, warnings=warnings,

@@ -5,8 +5,13 @@ per-query view. Labels go to the `labels` table with deterministic ids, so re-ru
   python -m jobs.label                          # --action weak: rule + behaviour labels
   python -m jobs.label --action import --path annotations.json
   python -m jobs.label --action export --path review.jsonl
-  python -m jobs.label --action report --report-out artifacts/reports/labels.json
+  python -m jobs.label --action report --report-out workspace/reports/labels.json
   python -m jobs.label --action show --query-id Q00001
+  python -m jobs.label --action taxonomy --taxonomy taxonomy.yaml   # declare the shop's own taxonomy
+  python -m jobs.label --action label-studio-config --path config.xml
+
+Every value is checked against the store's taxonomy (declared with --taxonomy on any action,
+else the built-in e-commerce one); docs/labelling.md describes the taxonomy file.
 """
 from __future__ import annotations
 
@@ -25,8 +30,14 @@ from ray_app.labeling.behaviour import EVENT_COLUMNS, aggregate_events, behaviou
 from ray_app.labeling.human_io import ImportContext, import_records, write_export
 from ray_app.labeling.quality import describe, latest_per_source, quality_report, report_summary, resolve_labels
 from ray_app.labeling.rules import RuleLabeler, build_lexicons
+from ray_app.labeling.studio_config import label_studio_config
+from ray_app.privacy import resolve_key
 from ray_app.store import Store, conform, rows_to_arrow, schema_of, utcnow
+from ray_app.taxonomy import (declare_taxonomy, declared_taxonomy, load_taxonomy_file, store_taxonomy,
+                              taxonomy_summary)
 from schemas.config import LabelConfig
+from schemas.records import ESCI_GAIN
+from schemas.taxonomy import Taxonomy, TaxonomyError, builtin_taxonomy
 
 MAX_REJECTS_SHOWN = 100
 RULE_BLOCK_ROWS = 5_000  # queries per Ray Data block: blocks are what the actor pool spreads
@@ -51,6 +62,8 @@ class LabelResult(BaseModel):
     report: dict[str, Any] = Field(default_factory=dict, description="summary of the label quality report")
     report_path: Optional[str] = None
     query: Optional[dict[str, Any]] = None
+    taxonomy: dict[str, Any] = Field(default_factory=dict, description="the taxonomy labels were checked against")
+    warnings: list[str] = Field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -59,7 +72,8 @@ def _texts(store: Store) -> dict[str, str]:
     return dict(zip(q.column("query_id").to_pylist(), q.column("text").to_pylist()))
 
 
-def rule_labels(queries: pa.Table, lexicons: dict[str, list[str]], created_at, max_actors: int = 4) -> pa.Table:
+def rule_labels(queries: pa.Table, lexicons: dict[str, list[str]], created_at, max_actors: int = 4,
+                taxonomy: Optional[Taxonomy] = None) -> pa.Table:
     """Rule labels of all queries with Ray Data: an actor pool of RuleLabelers (lexicon compiled once each)."""
     import ray
 
@@ -67,7 +81,8 @@ def rule_labels(queries: pa.Table, lexicons: dict[str, list[str]], created_at, m
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = max(1, min(max_actors, cpus, len(blocks)))
     ds = ray.data.from_arrow(blocks).map_batches(
-        RuleLabeler, fn_constructor_kwargs={"lexicons": lexicons, "created_at": created_at},
+        RuleLabeler, fn_constructor_kwargs={"lexicons": lexicons, "created_at": created_at,
+                                            "taxonomy": taxonomy.model_dump() if taxonomy else None},
         batch_format="pyarrow", batch_size=1024, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
     parts = [conform(t, "labels") for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     return pa.concat_tables(parts) if parts else schema_of("labels").empty_table()
@@ -99,13 +114,29 @@ def run_weak(store: Store, config: LabelConfig, result: LabelResult) -> None:
     lexicons = build_lexicons(store.read("products", columns=["brand", "category_path", "attributes", "title"]))
     init_ray(config.ray_address, config.num_cpus, quiet=config.quiet)
     now = utcnow()
-    rules = rule_labels(queries, lexicons, now)
+    taxonomy = declared_taxonomy(store)  # None: the rules' own classes are the built-in taxonomy
+    rules = rule_labels(queries, lexicons, now, taxonomy=taxonomy)
     stats = aggregate_events(store.read("events", columns=EVENT_COLUMNS), config.position_bias_eta)
     rows = behaviour_label_rows(stats, config.min_impressions, config.position_bias_eta, now)
+    if taxonomy is not None:
+        rows = _on_declared_scale(rows, taxonomy, result)
     behaviour = conform(pa.Table.from_pylist(rows, schema=schema_of("labels")), "labels")
     table = pa.concat_tables([rules, behaviour])
     result.deleted_stale = _delete_stale(store, set(table.column("label_id").to_pylist()))
     _write(store, table, result)
+
+
+def _on_declared_scale(rows: list[dict[str, Any]], taxonomy: Taxonomy, result: LabelResult) -> list[dict[str, Any]]:
+    """Behaviour grades (made on the ESCI scale) as the declared grade of equal gain; dropped when none has it."""
+    out = []
+    for row in rows:
+        grade = taxonomy.grade_for_gain(float(ESCI_GAIN.get(row["value"], -1)))
+        if grade is not None:
+            out.append({**row, "value": grade})
+    if len(out) < len(rows):
+        result.warnings.append(f"{len(rows) - len(out)} behaviour labels dropped: the taxonomy's grades "
+                               f"{taxonomy.grades} have no grade with their ESCI gain")
+    return out
 
 
 def run_import(store: Store, config: LabelConfig, result: LabelResult) -> None:
@@ -115,7 +146,10 @@ def run_import(store: Store, config: LabelConfig, result: LabelResult) -> None:
     weak = labels.filter(pc.invert(pc.equal(labels["source"], "human")))
     stored = {(r["target_id"], r["task"], r["source"]): r for r in latest_per_source(weak).to_pylist()}
     products = set(store.read("products", columns=["product_id"]).column("product_id").to_pylist())
-    ctx = ImportContext(texts=_texts(store), products=products, stored=stored, default_annotator=config.annotator)
+    people = labels.filter(pc.equal(labels["source"], "human")).column("annotator").to_pylist()
+    ctx = ImportContext(texts=_texts(store), products=products, stored=stored, default_annotator=config.annotator,
+                        taxonomy=store_taxonomy(store), pseudonym_key=resolve_key(config.pseudonym_key)[0],
+                        known_annotators=set(people))
     try:
         outcome = import_records(config.path, ctx)
     except (OSError, ValueError) as exc:  # missing file, broken JSON document
@@ -161,7 +195,39 @@ def run_show(store: Store, config: LabelConfig, result: LabelResult) -> None:
                     "resolved": {f"{t}:{k}" if t != qid else k: describe(r) for (t, k), r in sorted(resolved.items())}}
 
 
-ACTIONS = {"weak": run_weak, "import": run_import, "export": run_export, "report": None, "show": run_show}
+def run_taxonomy(store: Store, config: LabelConfig, result: LabelResult) -> None:
+    """Print the taxonomy labels are checked against (declared by --taxonomy before any action)."""
+    if not config.quiet:
+        tax = store_taxonomy(store)
+        print(f"taxonomy {tax.name!r}: {len(tax.intents)} intents (out of scope: {tax.out_of_scope}), "
+              f"entity types {tax.entity_types}, grades {tax.grades}", file=sys.stderr)
+        print("intents: " + ", ".join(tax.intents), file=sys.stderr)
+
+
+def run_label_studio_config(store: Store, config: LabelConfig, result: LabelResult) -> None:
+    if not config.path:
+        raise JobError("--action label-studio-config needs --path (the XML file to write)")
+    try:
+        Path(config.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.path).write_text(label_studio_config(store_taxonomy(store)), encoding="utf-8")
+    except OSError as exc:
+        raise JobError(f"cannot write the Label Studio config to {config.path}: {exc}") from exc
+    result.path = config.path
+
+
+def declare(store: Store, config: LabelConfig, result: LabelResult) -> None:
+    """Save --taxonomy into the store (before the action, so the action already uses it)."""
+    try:
+        taxonomy = load_taxonomy_file(config.taxonomy)
+    except TaxonomyError as exc:
+        raise JobError(str(exc)) from exc
+    result.warnings += declare_taxonomy(store, taxonomy, resolve_key(config.pseudonym_key)[0], source=config.taxonomy)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+ACTIONS = {"weak": run_weak, "import": run_import, "export": run_export, "report": None, "show": run_show,
+           "taxonomy": run_taxonomy, "label-studio-config": run_label_studio_config}
 
 
 def run(config: LabelConfig) -> LabelResult:
@@ -169,11 +235,16 @@ def run(config: LabelConfig) -> LabelResult:
     started = time.perf_counter()
     store = Store(config.db)
     result = LabelResult(action=config.action, db=store.uri)
+    if config.taxonomy:
+        declare(store, config, result)
+    declared = declared_taxonomy(store)
+    result.taxonomy = taxonomy_summary(declared or builtin_taxonomy(), declared is not None)
     if ACTIONS[config.action] is not None:
         ACTIONS[config.action](store, config, result)
     if config.action in ("weak", "import", "report"):
         report = quality_report(store.read("labels"), store.read("queries", columns=["query_id", "text"]),
-                                store.read("judgments", columns=["query_id", "product_id", "grade"]))
+                                store.read("judgments", columns=["query_id", "product_id", "grade"]),
+                                gains=(declared or builtin_taxonomy()).grades)
         result.report = report_summary(report)
         if config.report_out:
             out = Path(config.report_out)

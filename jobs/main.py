@@ -1,25 +1,30 @@
 """The main job on the embedded default: the whole platform run on a synthetic shop.
 
-  generate -> ingest (products, queries, users, events) -> weak labels (rules + behaviour)
-  -> import human annotations -> snapshot + data quality report
+  generate -> ingest (products, queries, users, events, judgments) -> weak labels (rules + behaviour)
+  -> import human annotations (train/validation queries) and the gold labels of the test split
+  -> snapshot + data quality report
   -> train the joint intent+entity model (MiniLM + LoRA, Ray Train) -> embed the catalogue
-     (Ray Data actor pool, BM25 + vector index) -> evaluate on the held-out split
+     (Ray Data actor pool, BM25 + vector index) -> evaluate on the held-out test split: the model
+     against the generator's gold labels, BM25 / the encoder / hybrid against its judgments
   (`--no-models` stops after the snapshot)
 
-Local Ray and LanceDB in a local folder by default (`--db`, `--num-cpus`); the same stages
-run on a cluster via `ray job submit --working-dir . -- python -m jobs.main --db s3://...`.
+Local Ray, and every output (LanceDB, demo files, reports, checkpoints, models, logs) under one
+workspace folder (`--workspace`, $SHOPSEARCH_WORKSPACE, default ./workspace; `--db`/$SHOPSEARCH_DB
+and `--models-dir`/$SHOPSEARCH_MODELS move those two); the same stages run on a cluster via
+`ray job submit --working-dir . -- python -m jobs.main --workspace /shared/shop --db s3://...`.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel
 
 from jobs import generate, ingest, label, snapshot
-from ray_app.cli import main_wrapper
+from ray_app.cli import JobError, main_wrapper
 from ray_app.runtime import init_ray
 from ray_app.store import utcnow
 from schemas.config import GenerateConfig, IngestConfig, LabelConfig, MainConfig, SnapshotConfig
@@ -35,7 +40,9 @@ class MainResult(BaseModel):
     seconds: dict[str, float]
     model_version: Optional[str] = None
     train_metrics: dict[str, float] = {}
-    evaluation: dict = {}
+    evaluation: dict = {}  # query understanding of the trained model on the test split
+    scored_against: dict[str, dict[str, int]] = {}  # per task, labels by source:annotator (human:gold in the demo)
+    search: dict = {}  # BM25, encoder, hybrid on the judged test queries: {"judged_list": .., "full_catalogue": ..}
     eval_report: Optional[str] = None
 
 
@@ -55,41 +62,86 @@ class Progress:
         return out
 
 
+def stage_settings(config: MainConfig) -> dict[str, Any]:
+    """The fields every stage's config shares: one db and one workspace, so all outputs land under it."""
+    return {"db": config.db, "workspace": config.workspace, "ray_address": config.ray_address,
+            "num_cpus": config.num_cpus, "quiet": True, "verbose": config.verbose}
+
+
 def run(config: MainConfig) -> MainResult:
-    db = config.db or "data/lancedb"
-    common = {"db": db, "ray_address": config.ray_address, "num_cpus": config.num_cpus, "quiet": True}
-    demo = Path(config.demo_dir)
-    progress = Progress(11 if config.models else 8)
-    init_ray(config.ray_address, config.num_cpus, quiet=True)
+    common = stage_settings(config)
+    db = str(config.db)
+    demo = Path(str(config.demo_dir))
+    progress = Progress(13 if config.models else 10)
+    init_ray(config.ray_address, config.num_cpus, quiet=True, verbose=config.verbose)
     progress.run("generate synthetic shop", lambda: generate.run(GenerateConfig(
-        out=str(demo), seed=config.seed, products=config.products, queries=config.queries,
+        workspace=config.workspace, out=str(demo), seed=config.seed, products=config.products, queries=config.queries,
         users=config.users, events=config.events)))
     ingested = {}
     for table, file in (("products", "products.jsonl"), ("queries", "queries.csv"), ("users", "users.csv"),
-                        ("events", "events.parquet")):
+                        ("events", "events.parquet"), ("judgments", "judgments.csv")):
         res = progress.run(f"ingest {table}", lambda t=table, f=file: ingest.run(
             IngestConfig(**common, table=t, path=str(demo / f))))
-        ingested[table] = {k: getattr(res, k) for k in ("read", "accepted", "quarantined", "duplicates")}
-        t = res.tables[0]
+        t = next((s for s in res.tables if s.table == table), res.tables[0])
+        ingested[table] = {k: getattr(t, k) for k in ("read", "accepted", "quarantined", "duplicates")}
         print(f"      read {t.read:,}  accepted {t.accepted:,}  quarantined {t.quarantined:,}  duplicates {t.duplicates:,}"
               f"  -> {table} v{t.version}", file=sys.stderr)
     weak = progress.run("weak labels (rules + behaviour)", lambda: label.run(LabelConfig(**common, action="weak")))
     human = progress.run("import human annotations", lambda: label.run(
         LabelConfig(**common, action="import", path=str(demo / "human_labels.jsonl"))))
+    gold_file = demo / "gold_test_labels.jsonl"
+    check_held_out(db, gold_file)
+    gold = progress.run("import gold labels of the test split", lambda: label.run(
+        LabelConfig(**common, action="import", path=str(gold_file), annotator="gold")))
     name = f"demo-{utcnow():%Y%m%d-%H%M%S}"
     snap = progress.run("snapshot + quality report", lambda: snapshot.run(
         SnapshotConfig(**common, name=name, note="main job", report_dir=config.report_dir)))
-    summary = human.report or weak.report or {}
+    summary = gold.report or human.report or weak.report or {}
     result = MainResult(db=db, snapshot=snap.name, ingest=ingested,
-                        labels={"weak": weak.written, "human": human.written, "report": _short(summary)},
+                        labels={"weak": weak.written, "human": human.written, "gold": gold.written,
+                                "report": _short(summary)},
                         report=snap.report_path or "", seconds=progress.seconds)
     if config.models:
         _models(config, common, snap.name, progress, result)
     print(f"\nsnapshot {snap.name}: " + ", ".join(f"{t} {n:,}" for t, n in snap.row_counts.items()), file=sys.stderr)
     print(f"data quality report: {snap.report_path}", file=sys.stderr)
     if result.eval_report:
+        print(_figures(result), file=sys.stderr)
         print(f"model {result.model_version}; evaluation report: {result.eval_report}", file=sys.stderr)
     return result
+
+
+def check_held_out(db: str, gold_file: Path) -> int:
+    """How many queries the gold file labels, after checking every one is in the store's test split:
+    training reads train and validation, so test-only gold labels can never become training data."""
+    from ray_app.store import Store
+
+    stored = Store(db).read("queries", columns=["query_id", "split"]).to_pylist()
+    split = {q["query_id"]: q["split"] for q in stored}
+    named = {json.loads(line)["target_id"] for line in gold_file.read_text(encoding="utf-8").splitlines() if line.strip()}
+    leaking = sorted(q for q in named if split.get(q) != "test")
+    if leaking:
+        raise JobError(f"{gold_file}: {len(leaking)} of {len(named)} gold-labelled queries are not in the store's test "
+                       f"split (e.g. {', '.join(leaking[:3])}): their gold labels would reach training")
+    return len(named)
+
+
+def _figures(result: MainResult) -> str:
+    """The evaluation's headline figures for stderr, saying what each is scored against."""
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    qu, lines = result.evaluation, []
+    against = ", ".join(f"{who} {n:,}" for who, n in result.scored_against.get("intent", {}).items())
+    if qu:
+        lines.append(f"intent model on the test split, against {against or 'no labels'}: intent accuracy "
+                     f"{fmt(qu.get('intent_accuracy'))}, entity F1 {fmt(qu.get('entity_f1'))}")
+    full = result.search.get("full_catalogue") or {}
+    if full:
+        n = next(iter(full.values())).get("queries", 0)
+        lines.append(f"search on {n} judged test queries (the generator's judgments), full-catalogue NDCG@10: "
+                     + ", ".join(f"{name} {fmt(fig.get('ndcg@10'))}" for name, fig in full.items()))
+    return "\n".join(lines)
 
 
 def _models(config: MainConfig, common: dict, snapshot_name: str, progress: Progress, result: MainResult) -> None:
@@ -101,13 +153,16 @@ def _models(config: MainConfig, common: dict, snapshot_name: str, progress: Prog
     trained = progress.run("train intent+entity (MiniLM + LoRA, Ray Train)", lambda: train.run(TrainConfig(
         **common, task="intent_entity", snapshot=snapshot_name, epochs=config.train_epochs, num_workers=1,
         cpus_per_worker=float(config.num_cpus or 2), lr=1e-3, lora_r=16, lora_alpha=32, batch_size=16,
-        models_dir=config.models_dir, alias="candidate", storage_path="artifacts/ray_results")))
+        models_dir=config.models_dir, alias="candidate")))
     progress.run("embed catalogue + indexes", lambda: embed.run(EmbedConfig(**common, model="minilm", batch_size=64)))
     evaluated = progress.run("evaluate", lambda: evaluate.run(EvaluateConfig(
         **common, snapshot=snapshot_name, intent_model=trained.model_version, models_dir=config.models_dir,
         report_dir=config.report_dir)))
     result.model_version, result.train_metrics = trained.model_version, trained.metrics
     result.evaluation = getattr(evaluated, "query_understanding", {}) or {}
+    result.search = {"judged_list": evaluated.judged_list, "full_catalogue": evaluated.full_catalogue}
+    figures = json.loads(Path(evaluated.out_path).read_text()) if evaluated.out_path else {}
+    result.scored_against = (figures.get("intent_model") or {}).get("scored_against") or {}
     result.eval_report = getattr(evaluated, "report_path", None)
     result.seconds = dict(progress.seconds)
 

@@ -22,21 +22,20 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ray_app.cli import JobError, main_wrapper
+from schemas.config import MODELS_ENV, WorkspaceConfig, workspace_path
 
 
-class RegistryConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RegistryConfig(WorkspaceConfig):
     action: Literal["list", "show", "promote", "demote", "export", "soup"] = "list"
     name: Optional[str] = Field(None, description="version (intent_entity-v3), task@alias, or the task (demote)")
     alias: Optional[str] = Field(None, description="alias to set (promote, soup) or remove (demote)")
     task: Optional[str] = Field(None, description="only this task (list)")
     out: Optional[str] = Field(None, description="folder the encoder is exported to (export)")
     member: list[str] = Field(default_factory=list, description="versions or aliases averaged into a new version (soup; repeat the flag)")
-    models_dir: Optional[str] = Field(None, description="registry folder (default $SHOPSEARCH_MODELS or artifacts/models)")
+    models_dir: Optional[str] = workspace_path("models", "registry folder", env=MODELS_ENV)
     quiet: bool = False
 
 

@@ -6,7 +6,9 @@
   python -m jobs.snapshot --action diff --name v2 --other v1
 
 A snapshot pins table versions with LanceDB tags; training records the snapshot it read, and
-`Store.read_snapshot(name, table)` reads exactly those rows back, whatever changed since.
+`Store.read_snapshot(name, table)` reads exactly those rows back through the tags, whatever
+changed since (a table re-created since is a clear error, not the new rows). The snapshots row
+is written after every tag, so a run that failed half-way left no snapshot: just run it again.
 """
 from __future__ import annotations
 

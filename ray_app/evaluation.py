@@ -1,16 +1,18 @@
 """Offline evaluation: protocols, the systems compared, and the Markdown report (no Ray).
 
-Ranking, two protocols (ESCI grades E/S/C/I):
+Ranking, two protocols, on the gains stored with each judgment (its declared scale, schemas.grades:
+ESCI's 3/2/1/0 for E/S/C/I by default, or a shop's own levels or numeric grades):
 - judged list (KDD Cup 2022 task 1 / Vespa commerce-product-ranking): re-rank each test query's
-  judged products. NDCG over the whole list with linear ESCI gains E=1.0, S=0.1, C=0.01, I=0,
-  plus NDCG@10 with gains 3/2/1/0 in the platform's convention (`ray_app.metrics`: exponential
-  2^g - 1, log2 discount, the same figure training reports as val_ndcg@10).
+  judged products. NDCG@10 with the stored gains in the platform's convention (`ray_app.metrics`:
+  exponential 2^g - 1, log2 discount, the same figure training reports as val_ndcg@10), plus, for
+  queries graded in ESCI letters, NDCG over the whole list with linear KDD gains E=1.0, S=0.1, C=0.01, I=0.
   Items are presented to the scorer in a label-independent order (by a hash of the product id),
   and items a system cannot score (BM25 matching no term) go last in that order, so ties never
   leak the order judgments were stored in (ESCI files list E first).
 - full catalogue: search every product; unjudged products count as irrelevant (gain 0).
-  NDCG@10 (3/2/1/0, ideal = the query's judged gains), Recall@100 of E+S products, MRR of the
-  first E/S product (0 when none is retrieved in the depth searched).
+  NDCG@10 (stored gains, ideal = the query's judged gains), Recall@100 of relevant products (E+S;
+  on other scales the top third of the gain range), MRR of the first relevant product (0 when none
+  is retrieved in the depth searched).
 Queries with nothing relevant are skipped by NDCG (no ideal ranking) and by recall/MRR (nothing
 to find); counts per figure are reported.
 Query understanding: intent accuracy and macro-F1, entity span micro-F1 (exact start, end, type),
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -30,11 +33,32 @@ import pyarrow.compute as pc
 
 from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, exact_search, fts_search, rrf, text_hash, vector_search
 from ray_app.metrics import accuracy, dcg_at_k, macro_f1, ndcg_at_k, prf_from_counts, recall_at_k, span_f1
-from schemas.records import ESCI_GAIN
+from schemas.grades import ESCI, GradeScale
 
 KDD_GAIN: dict[str, float] = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
-RELEVANT_GRADES: tuple[str, ...] = ("E", "S")
 UNSCORED = -1e30
+
+
+@dataclass(frozen=True)
+class Graded:
+    """One judgment as the metrics use it: its grade, the gain stored with it, whether it is relevant."""
+
+    grade: str
+    gain: float
+    relevant: bool
+    scale: str = ESCI.spec  # the spec of the scale it was graded on
+
+    @classmethod
+    def of(cls, grade: str, gain: float, scale: Optional[GradeScale] = None) -> "Graded":
+        scale = scale or ESCI
+        return cls(grade, float(gain), float(gain) >= scale.relevant_gain, scale.spec)
+
+
+Judged = Mapping[str, Union[Graded, str]]  # product id -> judgment (a bare letter = an ESCI grade)
+
+
+def _graded(judged: Judged) -> dict[str, Graded]:
+    return {p: g if isinstance(g, Graded) else Graded.of(*ESCI.grade(g)) for p, g in judged.items()}
 
 
 def neutral_order(ids: Iterable[str]) -> list[str]:
@@ -42,20 +66,31 @@ def neutral_order(ids: Iterable[str]) -> list[str]:
     return sorted(ids, key=lambda i: (hashlib.sha1(str(i).encode()).hexdigest(), str(i)))
 
 
-def judged_list_metrics(grades: dict[str, str], scores: dict[str, Optional[float]], k: int = 10) -> dict[str, float]:
-    """One query's judged-list figures: KDD NDCG (linear ESCI gains, full list) and NDCG@k (3/2/1/0)."""
-    ids = neutral_order(grades)
+def judged_list_metrics(grades: Judged, scores: dict[str, Optional[float]], k: int = 10) -> dict[str, float]:
+    """One query's judged-list figures: NDCG@k (stored gains) and, when graded E/S/C/I, KDD NDCG (full list)."""
+    graded = _graded(grades)
+    ids = neutral_order(graded)
     s = [UNSCORED if scores.get(i) is None else float(scores[i]) for i in ids]
-    kdd = [KDD_GAIN[grades[i]] for i in ids]
-    graded = [ESCI_GAIN[grades[i]] for i in ids]
-    return {"ndcg_esci": ndcg_at_k(s, kdd, k=len(ids), exponential=False), f"ndcg@{k}": ndcg_at_k(s, graded, k=k)}
+    out: dict[str, float] = {}
+    if all(graded[i].grade in KDD_GAIN for i in ids):
+        out["ndcg_esci"] = ndcg_at_k(s, [KDD_GAIN[graded[i].grade] for i in ids], k=len(ids), exponential=False)
+    out[f"ndcg@{k}"] = ndcg_at_k(s, [graded[i].gain for i in ids], k=k)
+    return out
 
 
-def catalogue_metrics(ranked: Sequence[str], grades: dict[str, str], k: int = 10, recall_k: int = 100) -> dict[str, float]:
+def judged_metrics(figures: dict[str, dict[str, Any]], k: int) -> list[str]:
+    """The judged-list figures reported: KDD NDCG first when some query was graded in ESCI letters."""
+    has_kdd = any(not (isinstance(f.get("ndcg_esci"), float) and math.isnan(f["ndcg_esci"]))
+                  for f in figures.values() if "ndcg_esci" in f)
+    return (["ndcg_esci"] if has_kdd else []) + [f"ndcg@{k}"]
+
+
+def catalogue_metrics(ranked: Sequence[str], grades: Judged, k: int = 10, recall_k: int = 100) -> dict[str, float]:
     """One query's full-catalogue figures from its ranked product ids (unjudged = irrelevant)."""
-    ideal = dcg_at_k(sorted((ESCI_GAIN[g] for g in grades.values()), reverse=True), k)
-    got = dcg_at_k([ESCI_GAIN.get(grades.get(p, "I"), 0) for p in ranked[:k]], k)
-    relevant = {p for p, g in grades.items() if g in RELEVANT_GRADES}
+    graded = _graded(grades)
+    ideal = dcg_at_k(sorted((g.gain for g in graded.values()), reverse=True), k)
+    got = dcg_at_k([graded[p].gain if p in graded else 0.0 for p in ranked[:k]], k)
+    relevant = {p for p, g in graded.items() if g.relevant}
     first = next((n for n, p in enumerate(ranked[:recall_k], start=1) if p in relevant), None)
     return {f"ndcg@{k}": got / ideal if ideal > 0 else float("nan"),
             f"recall@{recall_k}": recall_at_k(ranked, relevant, recall_k),
@@ -317,16 +352,22 @@ def render_report(payload: dict[str, Any]) -> str:
              + (f", dataset `{payload['dataset']}`" if payload.get("dataset") else "")
              + (f", snapshot `{payload['snapshot']}`" if payload.get("snapshot") else "")
              + f"; {payload['queries']} judged queries", ""]
+    scales = [GradeScale.parse(spec) for spec in payload.get("grade_scales") or [ESCI.spec]]
+    esci_only = all(sc.kind == "esci" for sc in scales)
+    gains = "3/2/1/0" if esci_only else "declared gains"
+    if payload.get("judged_list") or payload.get("full_catalogue"):
+        lines += ["Grade scale" + ("s" if len(scales) > 1 else "") + ": " + "; ".join(sc.describe() for sc in scales) + ".", ""]
     if payload.get("judged_list"):
+        columns = ([("ndcg_esci", "NDCG (ESCI gains)")] if any("ndcg_esci" in f for f in payload["judged_list"].values()) else [])
         lines += ["## Ranking: judged-list re-ranking (KDD Cup 2022 / Vespa protocol)", "",
-                  "NDCG over each query's whole judged list with ESCI gains E=1, S=0.1, C=0.01, I=0 (linear); "
-                  f"NDCG@{k} with gains 3/2/1/0 (exponential 2^g-1, as in training).", "",
-                  markdown_table(payload["judged_list"], [("ndcg_esci", "NDCG (ESCI gains)"),
-                                                          (f"ndcg@{k}", f"NDCG@{k} (3/2/1/0)"), ("queries", "queries")]), ""]
+                  ("NDCG over each query's whole judged list with ESCI gains E=1, S=0.1, C=0.01, I=0 (linear); " if columns else "")
+                  + f"NDCG@{k} with the {gains} (exponential 2^g-1, as in training).", "",
+                  markdown_table(payload["judged_list"], columns + [(f"ndcg@{k}", f"NDCG@{k} ({gains})"),
+                                                                    ("queries", "queries")]), ""]
         lines += _plot_line(payload, "judged_list", "judged-list NDCG per system and against the reference")
     if payload.get("full_catalogue"):
         lines += ["## Retrieval: full catalogue (unjudged = irrelevant)", "",
-                  f"NDCG@{k} (3/2/1/0), Recall@{rk} of E+S products, MRR of the first E/S product; "
+                  f"NDCG@{k} ({gains}), Recall@{rk} of relevant products, MRR of the first relevant product; "
                   "time = retrieval per query incl. query encoding.", "",
                   markdown_table(payload["full_catalogue"], [(f"ndcg@{k}", f"NDCG@{k}"), (f"recall@{rk}", f"Recall@{rk}"),
                                                              ("mrr", "MRR"), ("ms_per_query", "ms/query"),
@@ -355,6 +396,10 @@ def render_report(payload: dict[str, Any]) -> str:
             asked = f" (asked for `{which['requested']}`)" if which.get("requested") not in (None, which["version"]) else ""
             lines += [f"Model `{which['version']}`{asked}, base `{which.get('base_model')}`, trained on snapshot "
                       f"`{which.get('snapshot')}` at {which.get('created_at')}.", ""]
+        against = {task: n for task, n in (which.get("scored_against") or {}).items() if n}
+        if against:
+            lines += ["Scored against each query's resolved label, by source:annotator: " + "; ".join(
+                f"{task} " + ", ".join(f"{who} {n}" for who, n in counts.items()) for task, counts in against.items()) + ".", ""]
         lines += ["| figure | value |", "|---|---:|"]
         lines += [f"| {key} | {_fmt(val)} |" for key, val in qu.items()] + [""]
     if payload.get("entity_types"):

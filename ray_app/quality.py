@@ -14,7 +14,8 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_app.store import Store
+from ray_app.ingest.quarantine import reason_kind
+from ray_app.store import Store, schema_of
 from schemas.records import DATA_TABLES, TABLE_KEYS
 
 # Derived columns (vectors written by jobs.embed) and timestamps are not data changes.
@@ -99,14 +100,16 @@ def snapshot_report(store: Store, name: str, previous: Optional[str] = None) -> 
         "quarantine": {
             "total": len(quarantine),
             "by_table": dict(Counter(q["table"] for q in quarantine)),
-            "by_reason": dict(Counter(f"{q['table']}: " + (f"{q['field']}: " if q["field"] else "") + q["reason"].split(":")[0][:60]
+            "by_reason": dict(Counter(f"{q['table']}: " + reason_kind(q["field"], q["reason"])
                                       for q in quarantine).most_common(20)),
         },
         "labels": label_distribution(tables["labels"]),
     }
     if previous:
         prev_versions = store.snapshot_versions(previous)
-        prev_tables = {t: store.read_snapshot(previous, t) for t in DATA_TABLES}
+        # a table the older snapshot did not pin (created since, like `taxonomy`) was empty then
+        prev_tables = {t: store.read_snapshot(previous, t) if t in prev_versions else schema_of(t).empty_table()
+                       for t in DATA_TABLES}
         changes = {}
         for t in DATA_TABLES:
             if prev_versions.get(t) == versions.get(t):

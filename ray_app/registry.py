@@ -1,7 +1,7 @@
 """The model registry: every trained model is a version `<task>-v<n>` with its lineage.
 
 Stored as `registry.json` next to the artifacts in the models dir (default
-$SHOPSEARCH_MODELS or artifacts/models), not as a LanceDB table: the registry must travel
+$SHOPSEARCH_MODELS or <workspace>/models), not as a LanceDB table: the registry must travel
 with the artifact folders it points to (copy one folder to a Serve node and both come along),
 Serve must resolve an alias without opening the data store, and the store's table schemas are
 a shared contract of data tables. Writes hold an fcntl lock and replace the file atomically,
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ray_app.cli import JobError
+from schemas.config import MODELS_ENV, default_workspace
 from schemas.training import TASKS, ModelVersion
 
-MODELS_DIR_ENV = "SHOPSEARCH_MODELS"
-DEFAULT_MODELS_DIR = "artifacts/models"
+MODELS_DIR_ENV = MODELS_ENV
 REGISTRY_FILE = "registry.json"
 _NAME = re.compile(r"^(?P<task>[a-z_]+)-v(?P<version>\d+)$")
 
@@ -37,7 +37,8 @@ class RegistryError(JobError):
 
 
 def default_models_dir() -> Path:
-    return Path(os.environ.get(MODELS_DIR_ENV, DEFAULT_MODELS_DIR))
+    """$SHOPSEARCH_MODELS, else <workspace>/models (the workspace from $SHOPSEARCH_WORKSPACE or ./workspace)."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or default_workspace() / "models")
 
 
 class Registry:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import Any, Iterable, Optional
 import lancedb
 import pyarrow as pa
 
+from schemas.config import DB_ENV, default_workspace
 from schemas.records import DATA_TABLES, TABLE_KEYS, TABLE_MODELS, Snapshot
 
-DEFAULT_DB_ENV = "SHOPSEARCH_DB"
-DEFAULT_DB = "data/lancedb"
+DEFAULT_DB_ENV = DB_ENV
 SNAPSHOT_TAG_PREFIX = "snapshot-"
+COMMIT_RETRIES = 8  # attempts of a write that conflicts with a concurrent commit
 
 
 class StoreError(ValueError):
@@ -29,8 +31,8 @@ class StoreError(ValueError):
 
 
 def default_db_uri() -> str:
-    """The embedded default store: $SHOPSEARCH_DB, else ./data/lancedb."""
-    return os.environ.get(DEFAULT_DB_ENV, DEFAULT_DB)
+    """The embedded default store: $SHOPSEARCH_DB, else <workspace>/lancedb (as JobConfig.db resolves it)."""
+    return os.environ.get(DEFAULT_DB_ENV) or str(default_workspace() / "lancedb")
 
 
 def utcnow() -> datetime:
@@ -111,16 +113,26 @@ class Store:
     def upsert(self, name: str, data: pa.Table, insert_only: bool = False) -> WriteStats:
         """Insert new keys and overwrite existing ones (latest wins), in one commit.
 
-        `insert_only` keeps existing rows untouched (used for immutable events). Source keys
-        must be unique: callers de-duplicate first, so the ambiguity never reaches LanceDB.
+        `insert_only` keeps existing rows untouched: the ingest uses it for immutable rows
+        (events, quarantine), so a re-run neither adds nor rewrites them. Source keys must be
+        unique: callers de-duplicate first, so the ambiguity never reaches LanceDB. A commit that
+        conflicts with another writer's (two ingests at once both write `quarantine`) is retried.
         """
-        tbl = self.table(name)
         data = conform(data, name)
-        builder = tbl.merge_insert(TABLE_KEYS[name])
-        if not insert_only:
-            builder = builder.when_matched_update_all()
-        result = builder.when_not_matched_insert_all().execute(data)
-        return WriteStats(name, result.num_inserted_rows, result.num_updated_rows, result.version)
+        for attempt in range(COMMIT_RETRIES):
+            tbl = self.table(name)
+            builder = tbl.merge_insert(TABLE_KEYS[name])
+            if not insert_only:
+                builder = builder.when_matched_update_all()
+            try:
+                result = builder.when_not_matched_insert_all().execute(data)
+            except (RuntimeError, OSError, ValueError) as exc:
+                if "onflict" not in str(exc) or attempt == COMMIT_RETRIES - 1:
+                    raise
+                time.sleep(0.05 * 2 ** attempt)
+                continue
+            return WriteStats(name, result.num_inserted_rows, result.num_updated_rows, result.version)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def delete(self, name: str, where: str) -> int:
         """Delete rows matching a SQL predicate; returns the new version."""
@@ -164,19 +176,37 @@ class Store:
 
     # -- snapshots ------------------------------------------------------------------------
     def create_snapshot(self, name: str, note: str = "", report: Optional[dict] = None) -> Snapshot:
-        """Pin the current version of every data table under `name` (tags + a snapshots row)."""
+        """Pin the current version of every data table under `name` (tags + a snapshots row).
+
+        The snapshots row is the commit point: it is written last, so a snapshot exists only
+        once every table is tagged. Tags of `name` left by an attempt that failed half-way
+        (no snapshots row) are moved to the current versions, so a re-run simply succeeds;
+        an attempt that fails in this process removes the tags it made.
+        """
         if not name or any(c in name for c in " /\\'\""):
             raise StoreError(f"snapshot name {name!r} must be non-empty without spaces, quotes or slashes")
         if self.find_snapshot(name) is not None:
             raise StoreError(f"snapshot {name!r} already exists; snapshots are immutable, pick a new name")
-        versions = {}
-        for t in DATA_TABLES:
-            tbl = self.table(t)  # create empty tables so every snapshot pins every table
-            versions[t] = tbl.version
-            tbl.tags.create(SNAPSHOT_TAG_PREFIX + name, tbl.version)
-        snap = Snapshot(name=name, versions=json.dumps(versions), note=note,
-                        report=json.dumps(report or {}, default=str), created_at=utcnow())
-        self.upsert("snapshots", rows_to_arrow([snap.model_dump()], "snapshots"))
+        tag, versions, tagged = SNAPSHOT_TAG_PREFIX + name, {}, []
+        try:
+            for t in DATA_TABLES:
+                tbl = self.table(t)  # create empty tables so every snapshot pins every table
+                versions[t] = tbl.version
+                if tag in tbl.tags.list():  # left by a failed attempt: no snapshots row names it
+                    tbl.tags.update(tag, tbl.version)
+                else:
+                    tbl.tags.create(tag, tbl.version)
+                tagged.append(tbl)
+            snap = Snapshot(name=name, versions=json.dumps(versions), note=note,
+                            report=json.dumps(report or {}, default=str), created_at=utcnow())
+            self.upsert("snapshots", rows_to_arrow([snap.model_dump()], "snapshots"))
+        except BaseException:
+            for tbl in tagged:  # best effort; a killed process leaves its tags, and the next run moves them
+                try:
+                    tbl.tags.delete(tag)
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    pass
+            raise
         return snap
 
     def set_snapshot_report(self, name: str, report: dict) -> None:
@@ -206,8 +236,27 @@ class Store:
         return json.loads(self.get_snapshot(name).versions)
 
     def read_snapshot(self, name: str, table: str, columns: Optional[list[str]] = None) -> pa.Table:
-        """Read `table` exactly as it was when snapshot `name` was taken."""
+        """Read `table` exactly as it was when snapshot `name` was taken (through its tag)."""
         versions = self.snapshot_versions(name)
         if table not in versions:
             raise StoreError(f"snapshot {name!r} does not pin table {table!r}; it pins {sorted(versions)}")
-        return self.read(table, version=versions[table], columns=columns)
+        return self.read(table, version=self.snapshot_tag(name, table, versions[table]), columns=columns)
+
+    def snapshot_tag(self, name: str, table: str, version: int) -> str:
+        """The tag pinning `table` for snapshot `name`, checked to still point at `version`.
+
+        Version numbers alone are not enough: a table dropped and re-created under the same
+        name numbers its versions from 1 again, so an old number would read the new rows.
+        """
+        tag = SNAPSHOT_TAG_PREFIX + name
+        if not self.exists(table):
+            raise StoreError(f"table {table!r} was dropped after snapshot {name!r} was taken, so the snapshot's "
+                             f"rows of it (version {version}) cannot be read")
+        pinned = self.db.open_table(table).tags.list().get(tag)
+        if pinned is None:
+            raise StoreError(f"table {table!r} was dropped and re-created after snapshot {name!r} was taken (its "
+                             f"tag {tag!r} is gone), so the snapshot's rows of it (version {version}) cannot be read")
+        if pinned["version"] != version:
+            raise StoreError(f"snapshot {name!r}: tag {tag!r} of table {table!r} points at version "
+                             f"{pinned['version']}, the snapshot recorded version {version}; the tag was moved")
+        return tag

@@ -6,7 +6,8 @@ P(click) = (1/position) * attractiveness, where attractiveness grows with a hidd
 (brand, category, model, colour, size and price fit) and the user's latent taste, so relevance
 derived from clicks is meaningful. Everything draws from `rng_for(seed, stream)`
 and a fixed epoch (no clock): the same seed writes the same bytes. Vocabulary, products and
-query templates live in ray_app/synth_catalog.py.
+query templates live in ray_app/synth_catalog.py; the hidden relevance and the held-out
+evaluation set (gold labels and judgments of the test split) in ray_app/synth_eval.py.
 """
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ from pydantic import BaseModel
 
 from ray_app.synth_catalog import (CATEGORIES, EPOCH, SHOPPABLE, Catalogue, QueryRow, build_vocab, make_catalogue,
                                    make_queries, rng_for, split_of)
+from ray_app.synth_eval import held_out, judge_queries, query_pool, true_relevance
 from schemas.config import GenerateConfig
 from schemas.records import EVENT_TYPES
 
-OUTPUT_FILES = ("products.jsonl", "queries.csv", "users.csv", "events.parquet", "gold_labels.jsonl", "human_labels.jsonl")
+OUTPUT_FILES = ("products.jsonl", "queries.csv", "users.csv", "events.parquet", "gold_labels.jsonl", "human_labels.jsonl",
+                "gold_test_labels.jsonl", "judgments.csv")
 DEVICES = ("mobile", "desktop", "tablet")
 SLATE, POOL = 10, 30  # impressions per page; per-query candidate list the engine reorders a little per session
 DAY_MS = 86_400_000
@@ -54,11 +57,13 @@ def label_lines(rows: list[QueryRow], annotator: str, human: bool = False,
 
 
 def human_subset(rows: list[QueryRow], fraction: float, seed: int) -> tuple[list[QueryRow], frozenset[str]]:
-    """A fixed `fraction` of queries, and the ~5% of those (subtle ones only) the annotator reads differently."""
+    """A fixed `fraction` of the train/validation queries, and the ~5% of those (subtle ones only) the
+    annotator reads differently. Test queries are left to the gold file, so they are scored against truth."""
     rng = rng_for(seed, 5)
-    k = int(round(fraction * len(rows)))
-    chosen = sorted(rng.permutation(len(rows))[:k].tolist())
-    subset = [rows[i] for i in chosen]
+    open_rows = [q for q in rows if split_of(q.query_id) != "test"]
+    k = int(round(fraction * len(open_rows)))
+    chosen = sorted(rng.permutation(len(open_rows))[:k].tolist())
+    subset = [open_rows[i] for i in chosen]
     subtle = [q.query_id for q in subset if q.alt_intent or re.search(r"size \S", q.text.lower()) and
               any(s["type"] == "size" for s in q.spans)]
     n_dis = min(len(subtle), int(round(0.05 * k)))
@@ -94,33 +99,14 @@ def make_users(n: int, seed: int, n_brands: int) -> Users:
     return Users(frame, catpref, brand_aff, price_sens, activity, device)
 
 
-def true_relevance(meta: dict, cat: Catalogue, idx: np.ndarray) -> np.ndarray:
-    """Hidden relevance in [0, 1] of products `idx` to a query: what a perfect judge would grade."""
-    r = np.full(len(idx), 0.45 if meta["cat"] >= 0 else 0.6)
-    if meta["brand"] >= 0:
-        r += np.where((cat.brand[idx] == meta["brand"]) | (cat.brand[idx] == meta["brand2"]), 0.3, -0.15)
-    if meta["model"] >= 0:
-        r += np.where(cat.model[idx] == meta["model"], 0.35, -0.1)
-    if meta["colour"] >= 0:
-        r += np.where(cat.colour[idx] == meta["colour"], 0.15, -0.15)
-    if meta["size"] >= 0:
-        r += np.where(cat.size[idx] == meta["size"], 0.1, -0.1)
-    if np.isfinite(meta["price_max"]):
-        p = cat.price[idx]
-        r += np.where(np.isnan(p), -0.05, np.where(p <= meta["price_max"], 0.1, -0.3))
-    return np.clip(r, 0.0, 1.0)
-
-
 def _result_lists(rng: np.random.Generator, cat: Catalogue, rows: list[QueryRow]):
     """Per shoppable query: the engine's top POOL products (noisy relevance order), padded with -1."""
-    by_cat = [np.flatnonzero(cat.valid & (cat.cat == c)) for c in range(len(CATEGORIES))]
-    by_brand = {b: np.flatnonzero(cat.valid & (cat.brand == b)) for b in np.unique(cat.brand)}
     qs, prods, rels, scores = [], [], [], []
     for qi, q in enumerate(rows):
         m = q.meta
         if q.intent not in SHOPPABLE:
             continue
-        pool = by_cat[m["cat"]] if m["cat"] >= 0 else by_brand.get(m["brand"], np.array([], dtype=np.int64))
+        pool = query_pool(m, cat)  # the judgments' pool too (synth_eval), so both see the same products
         if len(pool) == 0:
             continue
         rel = true_relevance(m, cat, pool)
@@ -244,6 +230,9 @@ class GenerateResult(BaseModel):
     events: int
     sessions: int
     gold_labels: int
+    gold_test_labels: int  # gold label lines of the test-split queries: the held-out evaluation set
+    judged_queries: int
+    judgments: int
     human_labels: int
     human_queries: int
     human_disagreements: int
@@ -251,7 +240,8 @@ class GenerateResult(BaseModel):
 
 
 def generate(config: GenerateConfig) -> GenerateResult:
-    """Write products.jsonl, queries.csv, users.csv, events.parquet, gold_labels.jsonl, human_labels.jsonl."""
+    """Write the shop (OUTPUT_FILES): the exports, every query's gold labels (gold_labels.jsonl), the
+    held-out evaluation set (gold_test_labels.jsonl, judgments.csv: test split only) and human labels."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = build_vocab(config.seed)
@@ -262,6 +252,10 @@ def generate(config: GenerateConfig) -> GenerateResult:
                   "split": [split_of(q.query_id) for q in rows]}).to_csv(out / "queries.csv", index=False, lineterminator="\n")
     gold = label_lines(rows, "gold")
     (out / "gold_labels.jsonl").write_text("\n".join(gold) + "\n", encoding="utf-8")
+    gold_test = label_lines(held_out(rows), "gold")
+    (out / "gold_test_labels.jsonl").write_text("".join(line + "\n" for line in gold_test), encoding="utf-8")
+    judgments = judge_queries(rows, catalogue, config.seed)
+    judgments.to_csv(out / "judgments.csv", index=False, lineterminator="\n")
     subset, disagree = human_subset(rows, config.gold_fraction, config.seed)
     human = label_lines(subset, "annotator_a", human=True, disagree=disagree)
     (out / "human_labels.jsonl").write_text("".join(line + "\n" for line in human), encoding="utf-8")
@@ -274,4 +268,6 @@ def generate(config: GenerateConfig) -> GenerateResult:
                           duplicate_products=catalogue.duplicates, empty_titles=catalogue.empty_titles,
                           queries=len(rows), users=config.users, events=events.num_rows,
                           sessions=len(set(events.column("session_id").to_pylist())), gold_labels=len(gold),
+                          gold_test_labels=len(gold_test), judged_queries=int(judgments["query_id"].nunique()),
+                          judgments=len(judgments),
                           human_labels=len(human), human_queries=len(subset), human_disagreements=len(disagree), files=files)

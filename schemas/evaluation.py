@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, Field, field_validator
 
-from schemas.config import JobConfig
+from schemas.config import MODELS_ENV, JobConfig, workspace_path
 
 DEFAULT_FTS_COLUMNS: tuple[str, ...] = ("title", "brand")  # description hurt BM25 on the ESCI train split
 
@@ -18,7 +18,7 @@ class EmbedConfig(JobConfig):
 
     model: str = Field("minilm", description="encoder: minilm (packaged all-MiniLM-L6-v2), tiny-bert, a retriever "
                                              "registry version or alias (retriever-v3, production), a folder or an HF id")
-    models_dir: Optional[str] = Field(None, description="model registry folder (default $SHOPSEARCH_MODELS or artifacts/models)")
+    models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
     batch_size: int = Field(64, ge=1, le=4096, description="texts per encoder call (Ray Data map_batches batch size)")
     concurrency: int = Field(1, ge=1, le=256, description="encoder actors in the Ray Data actor pool")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per encoder actor (also its torch threads)")
@@ -74,7 +74,7 @@ class EvaluateConfig(JobConfig):
     ranker: list[str] = Field(default_factory=list, description="fine-tuned cross-encoder: registry version or alias; "
                                                                 "repeat to compare several over the same candidates")
     intent_model: Optional[str] = Field(None, description="joint intent + entity model: registry version or alias")
-    models_dir: Optional[str] = Field(None, description="model registry folder (default $SHOPSEARCH_MODELS or artifacts/models)")
+    models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
     fts_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_FTS_COLUMNS),
                                    description="columns BM25 searches (each needs an FTS index: run jobs.embed)")
     k: int = Field(10, ge=1, description="cut-off of NDCG@k in the full-catalogue protocol")
@@ -92,7 +92,7 @@ class EvaluateConfig(JobConfig):
     bootstrap: int = Field(2000, ge=100, le=100_000, description="bootstrap resamples of the queries for the comparison")
     max_queries: Optional[int] = Field(None, ge=1, description="evaluate only the first N queries (smoke runs)")
     batch_size: int = Field(64, ge=1, description="encoder batch size")
-    report_dir: str = Field("artifacts/reports", description="where eval-<timestamp>.md goes")
+    report_dir: Optional[str] = workspace_path("reports", "where eval-<timestamp>.md goes")
     out: Optional[str] = Field(None, description="figures as JSON (default <report_dir>/eval-<timestamp>.json)")
 
     @field_validator("ranker", mode="before")
@@ -108,6 +108,9 @@ class EvaluateResult(BaseModel):
     queries: int
     products: int
     products_version: int
+    # judgments of the split that could not be scored: product or query not in the snapshot/store
+    unscored: dict[str, int] = Field(default_factory=dict)
+    grade_scales: list[str] = Field(default_factory=list)  # specs of the grade scales judged (schemas.grades)
     judged_list: dict[str, dict[str, Optional[Union[int, float]]]] = Field(default_factory=dict)  # None: undefined
     full_catalogue: dict[str, dict[str, Optional[Union[int, float]]]] = Field(default_factory=dict)
     query_understanding: dict[str, Optional[Union[int, float]]] = Field(default_factory=dict)

@@ -18,6 +18,7 @@ class TableIngestStats(BaseModel):
     version: int
     run_id: str
     quarantine_reasons: dict[str, int] = Field(default_factory=dict)
+    ignored_columns: list[str] = Field(default_factory=list)  # input columns that map to no column of the table
 
 
 class IngestResult(BaseModel):

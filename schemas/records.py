@@ -7,6 +7,7 @@ that every shop's own attributes fit one schema.
 """
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Optional
 
@@ -24,7 +25,9 @@ def _one_of(allowed: tuple[str, ...], name: str):
 
     return field_validator(name)(classmethod(check))
 
-# Label standards (docs/labelling.md describes each class and entity type).
+# The built-in label taxonomy (docs/labelling.md describes each class and entity type). A store may
+# declare its own (schemas/taxonomy.py), so Label.value and span types are free text here and are
+# checked against the store's taxonomy where labels are written.
 INTENTS: tuple[str, ...] = (
     "product_search",
     "brand_query",
@@ -35,7 +38,7 @@ INTENTS: tuple[str, ...] = (
 )
 ENTITY_TYPES: tuple[str, ...] = ("brand", "category", "product", "colour", "size", "price_range")
 ESCI_GRADES: tuple[str, ...] = ("E", "S", "C", "I")
-ESCI_GAIN: dict[str, int] = {"E": 3, "S": 2, "C": 1, "I": 0}
+ESCI_GAIN: dict[str, int] = {"E": 3, "S": 2, "C": 1, "I": 0}  # the default scale (schemas.grades.ESCI)
 EVENT_TYPES: tuple[str, ...] = ("impression", "click", "add_to_cart", "purchase")
 LABEL_TASKS: tuple[str, ...] = ("intent", "entity", "relevance")
 LABEL_SOURCES: tuple[str, ...] = ("rule", "behaviour", "human", "model")
@@ -104,17 +107,30 @@ class Event(LanceModel):
 
 
 class Judgment(LanceModel):
-    """A human relevance judgment of a product for a query."""
+    """A human relevance judgment of a product for a query, with the gain its declared scale gives it."""
 
     query_id: str
     product_id: str
-    grade: str  # one of ESCI_GRADES
-    gain: int
+    grade: str  # as declared: an ESCI letter, a level name, or a number ("2.5")
+    gain: float  # what the grade is worth in NDCG, from the scale (schemas.grades)
+    scale: str = ""  # the scale's spec ("esci", "numeric:0-3", "perfect=3,good=1,bad=0"); "" = esci
     split: str = ""
     source: str = ""
     updated_at: datetime
 
-    _check_grade = _one_of(ESCI_GRADES, "grade")
+    @field_validator("grade")
+    @classmethod
+    def _check_grade(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("grade must not be empty")
+        return value
+
+    @field_validator("gain")
+    @classmethod
+    def _check_gain(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"gain must be a finite number >= 0; got {value!r}")
+        return value
 
 
 class EntitySpan(LanceModel):
@@ -152,7 +168,9 @@ class QuarantineRecord(LanceModel):
     table: str
     source: str  # file or URI the row came from
     row_number: int  # 1-based line or row number in that source
-    raw: str  # the row exactly as read (bytes decoded with replacement where broken)
+    raw: str  # the row exactly as read (bytes decoded with replacement where broken); for users and
+    # events, the parsed row with its identifiers pseudonymised ("" when it could not be parsed)
+    raw_sealed: str = ""  # users and events only: the row exactly as read, encrypted (privacy.unseal)
     reason: str
     field: str = ""
     run_id: str
@@ -176,6 +194,17 @@ class IngestRun(LanceModel):
     finished_at: datetime
 
 
+class TaxonomyRecord(LanceModel):
+    """The store's declared label taxonomy (schemas/taxonomy.py); one row, a new version per
+    declaration, pinned by snapshots like the data it describes."""
+
+    name: str  # key: always "current"
+    declaration: str  # JSON of the Taxonomy; annotator ids only as keyed pseudonyms
+    fingerprint: str  # sha256 of `declaration`, shown in summaries
+    source: str = ""  # the file it was declared from
+    declared_at: datetime
+
+
 class Snapshot(LanceModel):
     """A named, readable-later set of table versions."""
 
@@ -196,6 +225,7 @@ TABLE_MODELS: dict[str, type[LanceModel]] = {
     "quarantine": QuarantineRecord,
     "ingest_runs": IngestRun,
     "snapshots": Snapshot,
+    "taxonomy": TaxonomyRecord,
 }
 TABLE_KEYS: dict[str, list[str]] = {
     "products": ["product_id"],
@@ -207,6 +237,7 @@ TABLE_KEYS: dict[str, list[str]] = {
     "quarantine": ["quarantine_id"],
     "ingest_runs": ["run_id"],
     "snapshots": ["name"],
+    "taxonomy": ["name"],
 }
 # Tables holding the shop's data (what a snapshot pins); the rest is bookkeeping.
-DATA_TABLES: tuple[str, ...] = ("products", "queries", "users", "events", "judgments", "labels", "quarantine")
+DATA_TABLES: tuple[str, ...] = ("products", "queries", "users", "events", "judgments", "labels", "quarantine", "taxonomy")

@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.config import JobConfig
+from schemas.config import MODELS_ENV, JobConfig, workspace_path
 
 TASKS: tuple[str, ...] = ("intent_entity", "ranker", "retriever")
 # Validation metric each task selects checkpoints and early-stops on (higher is better).
@@ -67,10 +67,10 @@ class TrainConfig(JobConfig):
     cpus_per_worker: float = Field(1.0, gt=0)
     keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by validation metric")
     max_failures: int = Field(1, ge=-1, description="worker-group restarts from the latest checkpoint (-1: unlimited)")
-    storage_path: str = Field("artifacts/ray_results", description="Ray Train run folder (checkpoints)")
+    storage_path: Optional[str] = workspace_path("ray_results", "Ray Train run folder (checkpoints)")
     run_name: Optional[str] = Field(None, description="Ray Train run name; re-using a name resumes that run")
     # outputs
-    models_dir: Optional[str] = Field(None, description="model registry folder (default $SHOPSEARCH_MODELS or artifacts/models)")
+    models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
     alias: Optional[str] = Field(None, description="alias to point at the new version (e.g. candidate)")
 
     @model_validator(mode="after")

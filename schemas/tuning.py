@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from schemas.config import workspace_path
 from schemas.training import TrainConfig
 
 KINDS = ("fixed", "choice", "uniform", "loguniform", "randint", "ratio")
@@ -142,7 +143,7 @@ class TuneConfig(TrainConfig):
     # TrainConfig fields whose default or meaning differ when tuning
     num_workers: int = Field(1, ge=1, description="Ray Train workers per trial")
     patience: int = Field(0, ge=0, description="per-trial patience in epochs (0: off; ASHA does the early stopping)")
-    storage_path: str = Field("artifacts/tune", description="Tune storage: <storage-path>/<run-name>/ holds trials, TensorBoard logs, summary")
+    storage_path: Optional[str] = workspace_path("tune", "Tune storage: <storage-path>/<run-name>/ holds trials, TensorBoard logs, summary")
     run_name: Optional[str] = Field(None, description="experiment name (default <task>-<snapshot>-<UTC time>)")
     alias: Optional[str] = Field(None, description="same as --promote")
 

@@ -2,7 +2,7 @@
 
   python -m tune.search --task intent_entity --snapshot s1 [--num-samples 8] [--max-concurrent 2]
       [--epochs 3] [--grace-period 1] [--search lr=loguniform:1e-4:3e-3 lora_r=choice:4,8,16 ...]
-      [--register-best/--no-register-best] [--promote candidate] [--storage-path artifacts/tune]
+      [--register-best/--no-register-best] [--promote candidate] [--storage-path <workspace>/tune]
 
 Every training flag of jobs.train sets the base all trials start from; `--search NAME=KIND:ARGS`
 entries override the default LoRA space (syntax: schemas/tuning.py). Each trial builds and fits

@@ -1,4 +1,5 @@
-"""Adapters for public formats: ESCI (official release and the esci150 layout) and SNIPS.
+"""Adapters for public formats: ESCI (official release and the esci150 layout), SNIPS, and a
+shop's own judgments file (which names its queries too).
 
 Each adapter turns the dataset's files into `Source`s: a target table, the files, and a
 record transform into the platform's column names. The records then go through the same
@@ -19,6 +20,7 @@ from typing import Callable, Optional
 import pyarrow.fs as pafs
 
 from ray_app.ingest.clean import Reject
+from ray_app.ingest.judged import judgment_queries, label_queries, text_label
 from ray_app.text import normalize_with_offsets, remap_span
 
 ESCI_OFFICIAL_PRODUCTS = "shopping_queries_dataset_products.parquet"
@@ -31,6 +33,7 @@ class Source:
     paths: list[str]
     transform: Optional[Callable] = None
     mapping: dict[str, str] = field(default_factory=dict)
+    derived: bool = False  # filled from another table's file: unreadable rows are that table's to quarantine
 
 
 def list_files(path: str) -> list[str]:
@@ -118,6 +121,20 @@ def esci_sources(path: str) -> list[Source]:
     if judgments:
         out.append(Source("judgments", [judgments], partial(esci_judgment, splits=splits)))
     return out
+
+
+def judgment_sources(files: list[str], mapping: dict[str, str]) -> list[Source]:
+    """A shop's judgments file feeds two tables: the queries its rows name, then the judgments."""
+    # judgment_queries applies the user's renames itself and emits canonical names; the identity
+    # mapping keeps the ingest from applying those renames a second time to its output.
+    return [Source("queries", files, partial(judgment_queries, mapping=dict(mapping)), {"text": "text"}, derived=True),
+            Source("judgments", files, None, dict(mapping))]
+
+
+def label_sources(files: list[str], mapping: dict[str, str]) -> list[Source]:
+    """A shop's labels file keyed by query text (`query,intent`) feeds the queries it names, then the labels."""
+    return [Source("queries", files, partial(label_queries, mapping=dict(mapping)), {"text": "text"}, derived=True),
+            Source("labels", files, partial(text_label, mapping=dict(mapping)), {"text": "text"})]
 
 
 def _snips_split(source: str) -> str:

@@ -14,9 +14,13 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from ray_app.ids import label_id, stable_id
-from ray_app.privacy import pseudonymise
+from ray_app.ingest.judged import QUERY_TEXT_COLUMNS, hash_split, query_key, query_text
+from ray_app.privacy import pseudonymise, pseudonymise_session
+from ray_app.taxonomy import annotator_name
 from ray_app.text import normalize_text, normalize_with_offsets, remap_span, strip_html
-from schemas.records import ESCI_GAIN, EVENT_TYPES, LABEL_SOURCES, LABEL_TASKS, SPLITS, TABLE_MODELS
+from schemas.grades import ESCI, GradeScale
+from schemas.records import EVENT_TYPES, LABEL_SOURCES, LABEL_TASKS, SPLITS, TABLE_MODELS
+from schemas.taxonomy import Taxonomy, TaxonomyError
 
 
 class Reject(ValueError):
@@ -36,6 +40,11 @@ class CleanContext:
     split: Optional[str] = None
     dataset: str = ""
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
+    grades: GradeScale = field(default_factory=lambda: ESCI)  # the scale judgments are graded on
+    split_seed: Optional[int] = None  # set: queries and judgments get a split by hash of the query id
+    test_fraction: float = 0.0
+    validation_fraction: float = 0.0
+    taxonomy: Optional[Taxonomy] = None  # the store's label taxonomy; None: a dataset's own vocabulary (SNIPS)
 
 
 # Common alternative column names, used only when the canonical column is absent.
@@ -64,6 +73,9 @@ def _missing(value: Any) -> bool:
 def text_field(data: dict, name: str, ctx: CleanContext, required: bool = False, html: bool = False) -> str:
     value = data.get(name)
     if _missing(value):
+        if required and name not in data:
+            raise Reject(name, f"required column is absent; the row has {', '.join(sorted(map(str, data)))[:300] or 'no columns'}"
+                               f" (rename one with --map SRC={name})")
         if required:
             raise Reject(name, "required value is missing")
         return ""
@@ -159,7 +171,10 @@ def attributes_field(data: dict, name: str = "attributes") -> str:
     return json.dumps(clean, ensure_ascii=False, sort_keys=True, default=str)
 
 
-def split_field(data: dict, ctx: CleanContext) -> str:
+def split_field(data: dict, ctx: CleanContext, query_id: str = "") -> str:
+    """The row's split: forced (--split), else by hash of its query id (--test-fraction), else its column."""
+    if ctx.split is None and ctx.split_seed is not None:
+        return hash_split(query_id, ctx.split_seed, ctx.test_fraction, ctx.validation_fraction)
     split = ctx.split if ctx.split is not None else str(data.get("split") or "").strip().lower()
     split = {"val": "validation", "valid": "validation", "dev": "validation", "validate": "validation"}.get(split, split)
     if split not in SPLITS:
@@ -167,9 +182,17 @@ def split_field(data: dict, ctx: CleanContext) -> str:
     return split
 
 
+def product_missing_fields(row: dict) -> list[str]:
+    """Optional product fields that are empty (filled with a default) in a finished row."""
+    return [f for f in ("description", "brand", "price", "rating", "stock", "image_url")
+            if row.get(f) in ("", None)] + ([] if row.get("category_path") else ["category_path"])
+
+
 def clean_product(d: dict, ctx: CleanContext) -> dict:
+    # A feed without a title column is a partial update (price + stock, say): the title is then
+    # kept from the stored product, and a product not yet stored is quarantined by the pipeline.
     row = {"product_id": text_field(d, "product_id", ctx, required=True),
-           "title": text_field(d, "title", ctx, required=True),
+           "title": text_field(d, "title", ctx, required="title" in d),
            "description": text_field(d, "description", ctx, html=True),
            "brand": text_field(d, "brand", ctx),
            "category_path": list_field(d, "category_path"),
@@ -183,14 +206,16 @@ def clean_product(d: dict, ctx: CleanContext) -> dict:
            "locale": (text_field(d, "locale", ctx) or "us").lower(),
            "source": ctx.dataset,
            "updated_at": timestamp_field(d, "updated_at", ctx) or ctx.now}
-    row["missing_fields"] = [f for f in ("description", "brand", "price", "rating", "stock", "image_url")
-                             if row[f] in ("", None)] + ([] if row["category_path"] else ["category_path"])
+    row["missing_fields"] = product_missing_fields(row)
     return row
 
 
 def clean_query(d: dict, ctx: CleanContext) -> dict:
-    return {"query_id": text_field(d, "query_id", ctx, required=True), "text": text_field(d, "text", ctx, required=True),
-            "locale": (text_field(d, "locale", ctx) or "us").lower(), "split": split_field(d, ctx),
+    text = text_field(d, "text", ctx, required=True)
+    locale = (text_field(d, "locale", ctx) or "us").lower()
+    # Without an id the query is keyed by its normalised text, as judgments keyed by text are.
+    query_id = text_field(d, "query_id", ctx) or query_key(text, locale)
+    return {"query_id": query_id, "text": text, "locale": locale, "split": split_field(d, ctx, query_id),
             "dataset": text_field(d, "dataset", ctx) or ctx.dataset, "updated_at": timestamp_field(d, "updated_at", ctx) or ctx.now}
 
 
@@ -205,26 +230,42 @@ def clean_event(d: dict, ctx: CleanContext) -> dict:
     if raw_type not in EVENT_ALIASES:
         raise Reject("event_type", f"{raw_type!r} is not one of {', '.join(EVENT_TYPES)}")
     user = pseudonymise(text_field(d, "user_id", ctx, required=True), ctx.pseudonym_key)
-    row = {"event_type": EVENT_ALIASES[raw_type], "user_id": user, "session_id": text_field(d, "session_id", ctx),
+    session = pseudonymise_session(text_field(d, "session_id", ctx), ctx.pseudonym_key)
+    row = {"event_type": EVENT_ALIASES[raw_type], "user_id": user, "session_id": session,
            "query_id": text_field(d, "query_id", ctx), "product_id": text_field(d, "product_id", ctx, required=True),
            "position": number_field(d, "position", lo=1, integer=True),
            "timestamp": timestamp_field(d, "timestamp", ctx, required=True), "device": text_field(d, "device", ctx).lower(),
            "locale": (text_field(d, "locale", ctx) or "us").lower()}
-    row["event_id"] = text_field(d, "event_id", ctx) or stable_id(
+    # Without an id from the feed, the id derives from the content; the pipeline then numbers
+    # repeats of the same content within one feed (a double click, two lines of one invoice), so
+    # genuine repeats stay separate events while a re-run of the same feed adds nothing.
+    given = text_field(d, "event_id", ctx)
+    row["event_id"] = given or stable_id(
         "event", row["event_type"], user, row["session_id"], row["query_id"], row["product_id"], row["position"], row["timestamp"])
+    row[AUTO_KEY] = not given
     return row
 
 
 def clean_judgment(d: dict, ctx: CleanContext) -> dict:
-    grade = text_field(d, "grade", ctx, required=True).upper()
-    if grade not in ESCI_GAIN:
-        raise Reject("grade", f"{grade!r} is not one of E, S, C, I")
-    return {"query_id": text_field(d, "query_id", ctx, required=True), "product_id": text_field(d, "product_id", ctx, required=True),
-            "grade": grade, "gain": ESCI_GAIN[grade], "split": split_field(d, ctx), "source": ctx.dataset or text_field(d, "source", ctx),
-            "updated_at": ctx.now}
+    try:
+        grade, gain = ctx.grades.grade(text_field(d, "grade", ctx, required=True))
+    except ValueError as exc:
+        raise Reject("grade", str(exc)) from None
+    query_id = text_field(d, "query_id", ctx)
+    if not query_id:  # keyed by query text: the id its row in `queries` gets too
+        text = query_text(d)
+        if text is None:
+            raise Reject("query_id", f"required value is missing, and no query text column ({', '.join(QUERY_TEXT_COLUMNS)}) "
+                                     "to key the judgment by")
+        query_id = query_key(text_field({"text": text}, "text", ctx, required=True),
+                             (text_field(d, "locale", ctx) or "us").lower())
+    return {"query_id": query_id, "product_id": text_field(d, "product_id", ctx, required=True),
+            "grade": grade, "gain": gain, "scale": ctx.grades.spec, "split": split_field(d, ctx, query_id),
+            "source": ctx.dataset or text_field(d, "source", ctx), "updated_at": ctx.now}
 
 
 def clean_label(d: dict, ctx: CleanContext) -> dict:
+    """A label row: values checked against ctx.taxonomy, a person stored by display name or pseudonym."""
     task = text_field(d, "task", ctx, required=True)
     source = text_field(d, "source", ctx) or "human"
     if task not in LABEL_TASKS:
@@ -247,12 +288,23 @@ def clean_label(d: dict, ctx: CleanContext) -> dict:
             raise Reject("spans", f"span {s!r} needs integer start, end and a type")
         if not 0 <= start < end or (text is not None and end > len(text)):
             raise Reject("spans", f"span [{start}, {end}) is outside the text")
+        try:
+            etype = ctx.taxonomy.check_entity_type(etype) if ctx.taxonomy is not None else etype
+        except TaxonomyError as exc:
+            raise Reject("spans", str(exc))
         clean_spans.append({"start": start, "end": end, "type": etype, "text": str(s.get("text") or (text[start:end] if text else ""))})
-    if task != "entity" and not text_field(d, "value", ctx):
+    value = text_field(d, "value", ctx)
+    if task != "entity" and not value:
         raise Reject("value", f"a {task} label needs a value")
+    try:
+        value = ctx.taxonomy.check(task, value) if ctx.taxonomy is not None and task != "entity" else value
+    except TaxonomyError as exc:
+        raise Reject("value", str(exc))
     annotator = text_field(d, "annotator", ctx) or ctx.dataset
+    if source == "human":  # a person: never stored as given (an e-mail); rule and model names stay
+        annotator = annotator_name(annotator, ctx.taxonomy, ctx.pseudonym_key, keep={ctx.dataset})
     return {"label_id": label_id(target, task, source, annotator), "target_type": text_field(d, "target_type", ctx) or ("query_product" if "::" in target else "query"),
-            "target_id": target, "task": task, "value": text_field(d, "value", ctx), "spans": clean_spans, "source": source,
+            "target_id": target, "task": task, "value": value, "spans": clean_spans, "source": source,
             "confidence": number_field(d, "confidence", lo=0, hi=1) if not _missing(d.get("confidence")) else 1.0,
             "annotator": annotator, "created_at": timestamp_field(d, "created_at", ctx) or ctx.now}
 
@@ -261,6 +313,16 @@ CLEANERS: dict[str, Callable[[dict, CleanContext], dict]] = {
     "products": clean_product, "queries": clean_query, "users": clean_user,
     "events": clean_event, "judgments": clean_judgment, "labels": clean_label,
 }
+
+
+# Row keys that are bookkeeping for the pipeline, not table columns.
+AUTO_KEY, PRESENT_KEY, IGNORED_KEY = "_auto_key", "_present", "_ignored"
+# Tables whose feeds may carry only some columns: absent columns keep the stored values.
+PARTIAL_TABLES: dict[str, tuple[str, ...]] = {"products": ("title",), "users": ()}
+# Columns always rewritten on an update (derived by the cleaner, not read from the feed).
+DERIVED_COLUMNS: dict[str, tuple[str, ...]] = {"products": ("source", "updated_at", "missing_fields"), "users": ("updated_at",)}
+# Input columns a cleaner reads although they are not columns of its table.
+EXTRA_INPUTS: dict[str, set[str]] = {"labels": {"text"}, "judgments": {*QUERY_TEXT_COLUMNS, "locale"}}
 
 
 def apply_mapping(data: dict, table: str, mapping: dict[str, str]) -> dict:
@@ -275,7 +337,10 @@ def apply_mapping(data: dict, table: str, mapping: dict[str, str]) -> dict:
 def clean_record(data: dict, ctx: CleanContext, mapping: Optional[dict[str, str]] = None) -> dict:
     """Map, clean and validate one record against the table's pydantic model."""
     data = apply_mapping(data, ctx.table, mapping or {})
+    columns = set(TABLE_MODELS[ctx.table].model_fields)
     row = CLEANERS[ctx.table](data, ctx)
+    row[PRESENT_KEY] = sorted(set(data) & columns)
+    row[IGNORED_KEY] = sorted(str(k) for k in set(data) - columns - EXTRA_INPUTS.get(ctx.table, set()))
     try:
         TABLE_MODELS[ctx.table].model_validate(row)
     except Exception as exc:  # pydantic ValidationError: name the first failing field

@@ -2,18 +2,22 @@
 
 plan work units on the driver: JSONL files are cut into line-aligned byte ranges of about
   `block_rows` lines (every line belongs to exactly one range); other formats are one unit a file
-  -> Ray Data: parse + clean + validate each unit in parallel tasks (row number and raw text
-     kept; each row ok or quarantined with a reason)
-  -> write_lance into a staging dataset (parallel Lance writers)
-then on the driver: de-duplicate by key (latest row wins), one merge_insert commit into the
+  -> Ray Data (`from_items` of the units + `map_batches`): parse + clean + validate each unit in
+     parallel tasks (row number and raw text kept; each row ok or quarantined with a reason)
+  -> write_lance into this run's own staging dataset (parallel Lance writers)
+then on the driver (ray_app.ingest.resolve): number repeated events, de-duplicate by key (latest
+row wins), complete partial rows from the stored ones, then one merge_insert commit into the
 table (one new version; a crash before it leaves the table untouched, so a re-run is clean),
 the quarantined rows into `quarantine` (ids derived from source + row + reason: re-runs don't
-duplicate them), and a ledger row in `ingest_runs`: read = accepted + quarantined + duplicates.
+duplicate them; identifiers in rows of `users`, `events` and `labels` pseudonymised, the row
+as read sealed), and a ledger row in `ingest_runs`: read = accepted + quarantined + duplicates.
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 import uuid
 from collections import Counter
 from typing import Any, Callable, Optional
@@ -24,17 +28,21 @@ import pyarrow.fs as pafs
 import ray
 
 from ray_app.ids import stable_id
-from ray_app.ingest.clean import CleanContext, Reject, clean_record
+from ray_app.ingest.clean import AUTO_KEY, IGNORED_KEY, PRESENT_KEY, CleanContext, Reject, clean_record
 from ray_app.ingest.readers import detect_format, line_range, parse_file, read_bytes
+from ray_app.ingest.resolve import dedup_latest, keep_stored_splits, keys_filter, merge_partial, number_repeats
+from ray_app.ingest.quarantine import PERSONAL_TABLES, reason_kind, redact_personal
 from ray_app.store import Store, rows_to_arrow, schema_of, utcnow
 from schemas.ingest import TableIngestStats
 from schemas.records import TABLE_KEYS
 
 META_FIELDS = [pa.field("_status", pa.string()), pa.field("_source", pa.string()), pa.field("_row", pa.int64()),
                pa.field("_sub", pa.int64()), pa.field("_raw", pa.string()), pa.field("_reason", pa.string()),
-               pa.field("_field", pa.string())]
+               pa.field("_field", pa.string()), pa.field("_sealed", pa.string()), pa.field(AUTO_KEY, pa.bool_()),
+               pa.field(PRESENT_KEY, pa.list_(pa.string())), pa.field(IGNORED_KEY, pa.list_(pa.string()))]
 Transform = Callable[[dict, str], list[dict]]  # (record, source path) -> records
 BYTES_PER_ROW_GUESS = 400
+STALE_STAGING_S = 24 * 3600  # a staging dataset this old belongs to a crashed run, never to a live one
 
 
 def staging_schema(table: str) -> pa.Schema:
@@ -82,15 +90,24 @@ def _local_size(path: str) -> Optional[int]:
         return None
 
 
-def _quarantine(meta: dict, raw: str, data: Optional[dict], reason: str, field: str) -> dict[str, Any]:
+def _quarantine(meta: dict, raw: str, data: Optional[dict], reason: str, field: str, ctx: CleanContext,
+                mapping: dict[str, str]) -> dict[str, Any]:
     if not raw and data is not None:
         raw = json.dumps(data, ensure_ascii=False, default=str)
-    return {**meta, "_status": "quarantine", "_raw": raw, "_reason": reason, "_field": field}
+    sealed = ""
+    if ctx.table in PERSONAL_TABLES:
+        raw, reason, sealed = redact_personal(raw, data, reason, ctx, mapping)
+    return {**meta, "_status": "quarantine", "_raw": raw, "_reason": reason, "_field": field, "_sealed": sealed}
 
 
 def _process_units(batch: dict[str, Any], table: str, ctx_kwargs: dict, mapping: dict[str, str],
-                   transform: Optional[Transform], forced_format: Optional[str], encoding: Optional[str]) -> pa.Table:
-    """Parse, (adapt,) clean and validate every row of the batch's work units."""
+                   transform: Optional[Transform], forced_format: Optional[str], encoding: Optional[str],
+                   derived: bool = False) -> pa.Table:
+    """Parse, (adapt,) clean and validate every row of the batch's work units.
+
+    `derived`: this table is filled from another table's file (the queries a judgments file names):
+    rows that cannot be read are that table's to quarantine, and a rejected row keeps only what
+    was derived for this table, not the other table's columns (which may name people)."""
     ctx = CleanContext(table=table, **ctx_kwargs)
     out: list[dict[str, Any]] = []
     for path, start, end in zip(batch["path"], batch["start"], batch["end"]):
@@ -101,87 +118,120 @@ def _process_units(batch: dict[str, Any], table: str, ctx_kwargs: dict, mapping:
         for raw in parse_file(str(path), payload, forced_format, encoding, first_line=first):
             meta = {"_source": raw["_source"], "_row": raw["_row"], "_sub": 0}
             if raw["_error"]:
-                out.append(_quarantine(meta, raw["_raw"], None, raw["_error"], ""))
+                if not derived:
+                    out.append(_quarantine(meta, raw["_raw"], None, raw["_error"], "", ctx, mapping))
                 continue
             records = [raw["_data"]]
             if transform is not None:
                 try:
                     records = transform(raw["_data"], str(path))
                 except Reject as exc:
-                    out.append(_quarantine(meta, raw["_raw"], raw["_data"], exc.reason, exc.field))
+                    out.append(_quarantine(meta, "" if derived else raw["_raw"], None if derived else raw["_data"],
+                                           exc.reason, exc.field, ctx, {}))
                     continue
             for i, record in enumerate(records):
                 meta = {**meta, "_sub": i}
                 # a record expanded into many (a JSON document of utterances) keeps its own raw text
-                rec_raw = "" if len(records) > 1 else raw["_raw"]
+                rec_raw = "" if len(records) > 1 or derived else raw["_raw"]
                 try:
                     row = clean_record(record, ctx, mapping)
                 except Reject as exc:
-                    out.append(_quarantine(meta, rec_raw, record, exc.reason, exc.field))
+                    out.append(_quarantine(meta, rec_raw, record, exc.reason, exc.field, ctx, mapping))
                     continue
-                out.append({**row, **meta, "_status": "ok", "_raw": "", "_reason": "", "_field": ""})
+                out.append({**row, **meta, "_status": "ok", "_raw": "", "_reason": "", "_field": "", "_sealed": ""})
     return pa.Table.from_pylist(out, schema=staging_schema(table))
-
-
-def _dedup_latest(ok: pa.Table, keys: list[str]) -> tuple[pa.Table, int]:
-    """Keep the last row per key in read order (source, row, sub); return rows and #dropped."""
-    if ok.num_rows == 0:
-        return ok, 0
-    ok = ok.sort_by([("_source", "ascending"), ("_row", "ascending"), ("_sub", "ascending")])
-    ok = ok.append_column("_pos", pa.array(range(ok.num_rows), pa.int64()))
-    last = ok.group_by(keys).aggregate([("_pos", "max")]).column("_pos_max")
-    kept = ok.take(pc.take(last, pc.sort_indices(last)))  # the last position of each key, in read order
-    return kept.drop_columns(["_pos"]), ok.num_rows - kept.num_rows
-
-
-def reason_kind(field: str, reason: str) -> str:
-    """A short category for summaries: 'price: expected a number', 'broken encoding', ..."""
-    head = reason.split(":")[0] if not field else reason.split(",")[0].split("(")[0]
-    head = " ".join(head.split()[:5])
-    return f"{field}: {head}" if field else head
 
 
 def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, mapping: Optional[dict[str, str]] = None,
                  transform: Optional[Transform] = None, forced_format: Optional[str] = None, block_rows: int = 20_000,
-                 source_label: str = "", encoding: Optional[str] = None) -> TableIngestStats:
+                 source_label: str = "", encoding: Optional[str] = None, derived: bool = False) -> TableIngestStats:
     """Run the pipeline for one table; returns the ledger entry it wrote."""
     started = utcnow()
     run_id = uuid.uuid4().hex[:16]
     staging_root = f"{store.uri.rstrip('/')}/_staging"
-    staging = f"{staging_root}/{table}-{run_id}.lance"
-    _remove(staging_root)  # leftovers of a crashed run: never merged, safe to drop
+    staging = f"{staging_root}/{table}-{int(time.time())}-{run_id}.lance"  # this run's own: concurrent ingests never share one
+    _remove_stale(staging_root)
     units = plan_units(paths, forced_format, block_rows)
     ds = ray.data.from_items(units, override_num_blocks=len(units))
     ds = ds.map_batches(_process_units, batch_format="numpy", batch_size=1,
                         fn_kwargs={"table": table, "ctx_kwargs": ctx_kwargs, "mapping": mapping or {},
-                                   "transform": transform, "forced_format": forced_format, "encoding": encoding})
+                                   "transform": transform, "forced_format": forced_format, "encoding": encoding,
+                                   "derived": derived})
     ds.write_lance(staging, schema=staging_schema(table), storage_options=store.storage_options)
     import lance
 
-    staged = lance.dataset(staging, storage_options=store.storage_options).to_table()
+    try:
+        staged = lance.dataset(staging, storage_options=store.storage_options).to_table()
+    except ValueError as exc:  # an empty file, or a header alone: no row was written, so no dataset either
+        if "not found" not in str(exc).lower():
+            raise
+        staged = staging_schema(table).empty_table()
     read = staged.num_rows
     is_ok = pc.equal(staged.column("_status"), "ok")
     ok, bad = staged.filter(is_ok), staged.filter(pc.invert(is_ok))
-    accepted, duplicates = _dedup_latest(ok, TABLE_KEYS[table])
-    stats = store.upsert(table, accepted) if accepted.num_rows else None
+    ignored = sorted({c for cols in ok.column(IGNORED_KEY).to_pylist() + bad.column(IGNORED_KEY).to_pylist() for c in cols or []})
+    if table == "events":
+        ok = number_repeats(ok)
+    accepted, duplicates = dedup_latest(ok, TABLE_KEYS[table])
+    key = TABLE_KEYS[table][0]
+    accepted, rejected = merge_partial(table, accepted, key, lambda keys: _read_keys(store, table, key, keys),
+                                       [f.name for f in schema_of(table)])
+    accepted, _ = keep_stored_splits(table, accepted, TABLE_KEYS[table], lambda keys: _read_keys(store, table, key, keys))
+    # events are immutable facts: a re-run of a feed neither adds nor rewrites them
+    stats = store.upsert(table, accepted, insert_only=table == "events") if accepted.num_rows else None
     now = utcnow()
+    bad_rows = bad.select(["_source", "_row", "_sub", "_raw", "_reason", "_field", "_sealed"]).to_pylist()
+    bad_rows += [{"_source": r["_source"], "_row": r["_row"], "_sub": r["_sub"], "_field": field, "_reason": reason,
+                  "_raw": json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, ensure_ascii=False, default=str),
+                  "_sealed": ""} for r, field, reason in rejected]
     quarantine_rows = [{
         "quarantine_id": stable_id("q", table, r["_source"], r["_row"], r["_sub"], r["_reason"], r["_raw"]),
         "table": table, "source": r["_source"], "row_number": r["_row"], "raw": r["_raw"], "reason": r["_reason"],
-        "field": r["_field"], "run_id": run_id, "created_at": now,
-    } for r in bad.select(["_source", "_row", "_sub", "_raw", "_reason", "_field"]).to_pylist()]
+        "field": r["_field"], "raw_sealed": r["_sealed"] or "", "run_id": run_id, "created_at": now,
+    } for r in bad_rows]
     if quarantine_rows:
-        store.upsert("quarantine", rows_to_arrow(quarantine_rows, "quarantine"))
+        store.upsert("quarantine", rows_to_arrow(quarantine_rows, "quarantine"), insert_only=True)
     reasons = Counter(reason_kind(r["field"], r["reason"]) for r in quarantine_rows)
-    version = stats.version if stats else store.table(table).version
+    version = stats.version if stats else store.version(table)
     result = TableIngestStats(table=table, source=source_label or ",".join(paths), read=read, accepted=accepted.num_rows,
                               quarantined=len(quarantine_rows), duplicates=duplicates,
                               inserted=stats.inserted if stats else 0, updated=stats.updated if stats else 0,
-                              version=version, quarantine_reasons=dict(reasons.most_common()), run_id=run_id)
-    store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons"}),
+                              version=version, quarantine_reasons=dict(reasons.most_common()), run_id=run_id,
+                              ignored_columns=ignored)
+    store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons", "ignored_columns"}),
                                                "started_at": started, "finished_at": utcnow()}], "ingest_runs"))
     _remove(staging)
     return result
+
+
+def _read_keys(store: Store, table: str, key: str, keys: list[str]) -> pa.Table:
+    """The stored rows of `table` whose key is in `keys` (an absent table has none)."""
+    if not store.exists(table):
+        return schema_of(table).empty_table()
+    if len(keys) <= 2_000:
+        return store.read(table, where=keys_filter(key, keys))
+    stored = store.read(table)
+    return stored.filter(pc.is_in(stored.column(key), value_set=pa.array(keys, pa.string())))
+
+
+def _remove_stale(staging_root: str) -> None:
+    """Drop staging datasets of crashed runs (older than a day); a running ingest's is never touched."""
+    names: list[str] = []
+    try:
+        if "://" not in staging_root:
+            import os
+
+            names = os.listdir(staging_root) if os.path.isdir(staging_root) else []
+        else:
+            fs, path = pafs.FileSystem.from_uri(staging_root)
+            names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))]
+    except (OSError, pa.ArrowException):
+        return
+    for name in names:
+        match = re.fullmatch(r"\w+-(\d{9,})-[0-9a-f]+\.lance", name)
+        # names without a start time are from before this scheme: they can only be leftovers
+        if match is None or time.time() - int(match.group(1)) > STALE_STAGING_S:
+            _remove(f"{staging_root.rstrip('/')}/{name}")
 
 
 def _remove(uri: str) -> None:

@@ -4,6 +4,8 @@ Every imported record is validated against the stored queries before anything is
 a bad record is reported with its line (Label Studio: task number) and reason and skipped, so
 one typo never blocks a batch and never reaches training. Export writes what a reviewer needs
 (query text, resolved labels, weak predictions) in a form that imports back unchanged.
+Values are checked against the store's taxonomy (schemas/taxonomy.py), and a person is stored
+as a configured display name or a keyed pseudonym, never as the e-mail a Label Studio export holds.
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ray_app.ids import label_id
-from schemas.records import ENTITY_TYPES, ESCI_GRADES, INTENTS, LABEL_SOURCES, LABEL_TASKS
+from ray_app.labeling.studio_config import ENTITIES, INTENT, PRODUCT, RELEVANCE, TEXT
+from ray_app.privacy import resolve_key
+from ray_app.taxonomy import annotator_name
+from schemas.records import LABEL_SOURCES, LABEL_TASKS
+from schemas.taxonomy import Taxonomy, TaxonomyError, builtin_taxonomy
 
 COLUMNS = ["target_type", "target_id", "task", "value", "spans", "annotator", "confidence", "source", "created_at", "text"]
-TYPE_ALIASES = {"color": "colour", "price": "price_range", "price range": "price_range"}
-GRADE_ALIASES = {"exact": "E", "substitute": "S", "complement": "C", "irrelevant": "I"}
 WEAK = {"rule", "behaviour", "model"}
 
 
@@ -31,9 +35,12 @@ class LabelLineError(ValueError):
 class ImportContext:
     texts: dict[str, str]  # query_id -> stored text
     products: Optional[set[str]]  # known product ids (None: not checked)
-    stored: dict[tuple[str, str, str], dict]  # (target_id, task, source) -> newest stored label
+    stored: dict[tuple[str, str, str], dict]  # (target_id, task, source) -> best stored label (labeling.resolve order)
     default_annotator: str = "human"
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
+    taxonomy: Taxonomy = field(default_factory=builtin_taxonomy)  # what values are accepted
+    pseudonym_key: str = field(default_factory=lambda: resolve_key()[0])  # for annotators without a configured name
+    known_annotators: set[str] = field(default_factory=set)  # names already stored: an export imports back unchanged
 
 
 @dataclass
@@ -58,8 +65,9 @@ def _time(value: Any, default: datetime) -> datetime:
     return ts.astimezone(timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
 
 
-def check_spans(spans: Any, text: str) -> list[dict[str, Any]]:
-    """Validated spans: known type, inside the text, text matching the offsets, no overlaps."""
+def check_spans(spans: Any, text: str, taxonomy: Optional[Taxonomy] = None) -> list[dict[str, Any]]:
+    """Validated spans: declared type, inside the text, text matching the offsets, no overlaps."""
+    taxonomy = taxonomy or builtin_taxonomy()
     if isinstance(spans, str):
         try:
             spans = json.loads(spans) if spans.strip() else []
@@ -75,9 +83,10 @@ def check_spans(spans: Any, text: str) -> list[dict[str, Any]]:
             start, end = int(s["start"]), int(s["end"])
         except (KeyError, TypeError, ValueError) as exc:
             raise LabelLineError(f"span {s!r} needs integer start and end") from exc
-        etype = TYPE_ALIASES.get(str(s.get("type", "")).lower(), str(s.get("type", "")).lower())
-        if etype not in ENTITY_TYPES:
-            raise LabelLineError(f"unknown entity type {s.get('type')!r}; known: {', '.join(ENTITY_TYPES)}")
+        try:
+            etype = taxonomy.check_entity_type(str(s.get("type", "")))
+        except TaxonomyError as exc:
+            raise LabelLineError(str(exc)) from exc
         if not 0 <= start < end <= len(text):
             raise LabelLineError(f"span [{start}, {end}) outside the query text (length {len(text)})")
         given = s.get("text")
@@ -112,14 +121,13 @@ def validate_record(rec: dict[str, Any], ctx: ImportContext) -> Optional[dict[st
         raise LabelLineError(f"text {rec['text']!r} differs from the stored query text {text!r}")
     value = str(rec.get("value") or "").strip()
     spans: list[dict[str, Any]] = []
-    if task == "intent" and value not in INTENTS:
-        raise LabelLineError(f"unknown intent {value!r}; known: {', '.join(INTENTS)}")
-    if task == "relevance":
-        value = GRADE_ALIASES.get(value.lower(), value.upper())
-        if value not in ESCI_GRADES:
-            raise LabelLineError(f"unknown relevance grade {rec.get('value')!r}; known: E, S, C, I")
+    if task in ("intent", "relevance"):
+        try:
+            value = ctx.taxonomy.check(task, value)
+        except TaxonomyError as exc:
+            raise LabelLineError(str(exc)) from exc
     if task == "entity":
-        spans, value = check_spans(rec.get("spans") or [], text), ""
+        spans, value = check_spans(rec.get("spans") or [], text, ctx.taxonomy), ""
     elif rec.get("spans") not in (None, "", [], "[]"):
         raise LabelLineError(f"spans are only allowed on entity labels, not {task!r}")
     try:
@@ -141,6 +149,7 @@ def validate_record(rec: dict[str, Any], ctx: ImportContext) -> Optional[dict[st
             return None
         if annotator == stored["annotator"]:
             annotator = ctx.default_annotator
+    annotator = annotator_name(annotator, ctx.taxonomy, ctx.pseudonym_key, ctx.known_annotators | {ctx.default_annotator})
     return dict(label_id=label_id(target, task, "human", annotator), target_type=ttype, target_id=target,
                 task=task, value=value, spans=spans, source="human", confidence=conf, annotator=annotator,
                 created_at=_time(rec.get("created_at"), ctx.now))
@@ -196,9 +205,9 @@ def label_studio_records(task: dict[str, Any], ctx: ImportContext) -> list[tuple
         marked = set(marked) if isinstance(marked, list) else None
         first = next(iter(choices.values()), "")
         if pid:
-            recs = [dict(base, task="relevance", target_type="query_product", value=choices.get("relevance", first))]
+            recs = [dict(base, task="relevance", target_type="query_product", value=choices.get(RELEVANCE, first))]
         else:
-            recs = [dict(base, task="intent", value=choices.get("intent", first))] if choices and (marked is None or "intent" in marked) else []
+            recs = [dict(base, task="intent", value=choices.get(INTENT, first))] if choices and (marked is None or "intent" in marked) else []
             # no spans means "no entities" when the annotator was shown predicted spans and removed them
             if (spans or predicted_spans) if marked is None else "entity" in marked:
                 recs.append(dict(base, task="entity", spans=spans))
@@ -277,10 +286,11 @@ def common_record(row: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
 def _result(row: dict[str, Any]) -> list[dict[str, Any]]:
     tid = row["target_id"]
     if row["task"] == "entity":
-        return [{"id": f"{tid}-e{i}", "from_name": "entities", "to_name": "text", "type": "labels",
+        return [{"id": f"{tid}-e{i}", "from_name": ENTITIES, "to_name": TEXT, "type": "labels",
                  "value": {"start": s["start"], "end": s["end"], "text": s["text"], "labels": [s["type"]]}}
                 for i, s in enumerate(row["spans"] or [])]
-    return [{"id": f"{tid}-{row['task']}", "from_name": row["task"], "to_name": "text", "type": "choices",
+    # the intent and relevance controls of studio_config are named after their task
+    return [{"id": f"{tid}-{row['task']}", "from_name": row["task"], "to_name": TEXT, "type": "choices",
              "value": {"choices": [row["value"]]}}]
 
 
@@ -299,7 +309,9 @@ def label_studio_tasks(labels: list[dict[str, Any]], weak_resolved: list[dict[st
         qid, _, pid = target.partition("::")
         if qid not in texts:
             continue
-        data = {"query_id": qid, "text": texts[qid]} | ({"product_id": pid, "product_title": (titles or {}).get(pid, "")} if pid else {})
+        # every key the labelling XML reads is in every task, or Label Studio refuses the import
+        data = {"query_id": qid, TEXT: texts[qid], PRODUCT: (titles or {}).get(pid, "") if pid else ""} | (
+            {"product_id": pid} if pid else {})
         task: dict[str, Any] = {"data": data, "predictions": [], "annotations": []}
         weak = sorted(by_target[target]["weak"], key=lambda r: r["task"])
         if weak:

@@ -1,9 +1,10 @@
 """Label resolution (which label counts) and the label quality report.
 
 Several sources may label the same target; training reads one label per (target, task), the
-resolved one: the highest `SOURCE_PRIORITY` source wins (human > behaviour > rule > model) and,
-within a source, the newest. The report says how much is labelled, how far the weak sources
-agree with people, and where sources disagree, so a team knows what to review first.
+resolved one, chosen by `ray_app.labeling.resolve` (source priority, confidence, newest,
+label_id): the same function training, evaluation, show and export use. The report says how
+much is labelled, how far the weak sources agree with people, and where sources disagree, so a
+team knows what to review first.
 """
 from __future__ import annotations
 
@@ -13,31 +14,21 @@ from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 
+from ray_app.labeling.resolve import RESOLVE_KEYS, resolve_table
+from ray_app.metrics import accuracy, cohen_kappa  # cohen_kappa is also this module's public name
 from schemas.records import ESCI_GAIN, SOURCE_PRIORITY
 
 TASKS = ("intent", "entity", "relevance")
 
 
-def _pick(labels: pa.Table, keys: list[str]) -> pa.Table:
-    """One row per `keys` group: highest source priority, then newest, then smallest label_id."""
-    if labels.num_rows == 0:
-        return labels
-    df = labels.select(["target_id", "task", "source", "created_at", "label_id"]).to_pandas()
-    df["prio"] = df["source"].map(SOURCE_PRIORITY).fillna(-1)
-    df["row"] = range(len(df))
-    df = df.sort_values(["prio", "created_at", "label_id"], ascending=[False, False, True], kind="stable")
-    first = df.drop_duplicates(keys, keep="first").sort_values("row")
-    return labels.take(pa.array(first["row"].to_numpy()))
-
-
 def resolve_labels(labels: pa.Table) -> pa.Table:
-    """The winning label per (target_id, task): highest source priority, then newest."""
-    return _pick(labels, ["target_id", "task"])
+    """The winning label per (target_id, task), by `ray_app.labeling.resolve.rank_key`."""
+    return resolve_table(labels, RESOLVE_KEYS)
 
 
 def latest_per_source(labels: pa.Table) -> pa.Table:
-    """The newest label per (target_id, task, source), e.g. one of several human annotators."""
-    return _pick(labels, ["target_id", "task", "source"])
+    """The best label per (target_id, task, source) by the same order, e.g. one of several annotators."""
+    return resolve_table(labels, ("target_id", "task", "source"))
 
 
 def span_key(spans: Optional[Iterable[dict[str, Any]]]) -> frozenset[tuple[int, int, str]]:
@@ -55,19 +46,6 @@ def describe(row: dict[str, Any]) -> str:
     return "; ".join(f"{s['text']}[{s['start']}:{s['end']}]={s['type']}" for s in sorted(row["spans"] or [], key=lambda s: s["start"])) or "(none)"
 
 
-def cohen_kappa(a: list[str], b: list[str]) -> Optional[float]:
-    """Cohen's kappa of two raters over the same items (None without items)."""
-    if not a:
-        return None
-    n = len(a)
-    po = sum(x == y for x, y in zip(a, b)) / n
-    ca, cb = Counter(a), Counter(b)
-    pe = sum(ca[k] * cb[k] for k in ca) / (n * n)
-    if pe >= 1.0:
-        return 1.0 if po == 1.0 else 0.0
-    return round((po - pe) / (1 - pe), 4)
-
-
 def span_prf(pred: list[frozenset], gold: list[frozenset]) -> dict[str, Optional[float]]:
     """Micro precision/recall/F1 of exact (start, end, type) spans, plus whole-query exact match."""
     if not gold:
@@ -81,18 +59,20 @@ def span_prf(pred: list[frozenset], gold: list[frozenset]) -> dict[str, Optional
     return {"precision": round(prec, 4), "recall": round(rec, 4), "f1": round(f1, 4), "exact_match": round(exact, 4)}
 
 
-def _agree(task: str, a: dict[str, dict], b: dict[str, dict]) -> dict[str, Any]:
-    """Agreement of source `a` against reference `b` on their shared targets."""
+def _agree(task: str, a: dict[str, dict], b: dict[str, dict], gains: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """Agreement of source `a` against reference `b` on their shared targets (relevance on `gains`)."""
+    gains = gains if gains is not None else ESCI_GAIN
     common = sorted(set(a) & set(b))
     out: dict[str, Any] = {"n": len(common)}
     if task == "entity":
         out.update(span_prf([span_key(a[t]["spans"]) for t in common], [span_key(b[t]["spans"]) for t in common]))
         return out
     va, vb = [a[t]["value"] for t in common], [b[t]["value"] for t in common]
-    out["accuracy"] = round(sum(x == y for x, y in zip(va, vb)) / len(common), 4) if common else None
+    out["accuracy"] = round(accuracy(va, vb), 4) if common else None
     out["kappa"] = cohen_kappa(va, vb)
     if task == "relevance":
-        diffs = [abs(ESCI_GAIN.get(x, 0) - ESCI_GAIN.get(y, 0)) for x, y in zip(va, vb)]
+        pairs = [(x, y) for x, y in zip(va, vb) if x in gains and y in gains]  # grades off the scale are not compared
+        diffs = [abs(gains[x] - gains[y]) for x, y in pairs]
         out["mean_abs_gain_diff"] = round(sum(diffs) / len(diffs), 4) if diffs else None
     return out
 
@@ -106,8 +86,9 @@ def _histogram(values: list[float]) -> dict[str, Any]:
 
 
 def quality_report(labels: pa.Table, queries: pa.Table, judgments: Optional[pa.Table] = None,
-                   max_examples: int = 5) -> dict[str, Any]:
-    """Coverage, agreement, conflicts, class distribution and confidence of the labels table."""
+                   max_examples: int = 5, gains: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """Coverage, agreement, conflicts, class distribution and confidence of the labels table
+    (relevance grades compared on `gains`, the store's declared grades; ESCI's by default)."""
     texts = dict(zip(queries.column("query_id").to_pylist(), queries.column("text").to_pylist()))
     n_q = len(texts)
     per_src: dict[str, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
@@ -140,12 +121,12 @@ def quality_report(labels: pa.Table, queries: pa.Table, judgments: Optional[pa.T
         srcs = sorted(per_src[task], key=SOURCE_PRIORITY.get)
         pairs = set(combinations(srcs, 2)) | ({("rule", "human")} if task != "relevance" else {("behaviour", "human")})
         for a, b in sorted(pairs):
-            agreement[task][f"{a}_vs_{b}"] = _agree(task, per_src[task].get(a, {}), per_src[task].get(b, {}))
+            agreement[task][f"{a}_vs_{b}"] = _agree(task, per_src[task].get(a, {}), per_src[task].get(b, {}), gains)
     gold: dict[str, dict] = {}
     if judgments is not None and judgments.num_rows:
         for j in judgments.select(["query_id", "product_id", "grade"]).to_pylist():
             gold[f"{j['query_id']}::{j['product_id']}"] = {"task": "relevance", "value": j["grade"]}
-    agreement["relevance"]["behaviour_vs_judgments"] = _agree("relevance", per_src["relevance"].get("behaviour", {}), gold)
+    agreement["relevance"]["behaviour_vs_judgments"] = _agree("relevance", per_src["relevance"].get("behaviour", {}), gold, gains)
 
     conflicts: dict[str, Any] = {}
     for task in TASKS:

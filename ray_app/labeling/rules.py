@@ -3,6 +3,8 @@
 Lexicons come from the shop's own products (brands, category names, colours it sells), so
 the rules follow the catalogue without hand-maintained lists. Spans are matched on token
 boundaries, case-insensitively, longest non-overlapping match first (docs/labelling.md).
+The rules know the built-in taxonomy; under a store's own taxonomy they write only what it
+declares (spans of declared types, intents it declares, `out_of_scope` as its out-of-scope class).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Iterable, Optional
 import pyarrow as pa
 
 from ray_app.ids import label_id
+from schemas.taxonomy import Taxonomy
 
 RULE_LABELLER = "rules"  # key part of rule label ids: one rule label per (query, task)
 TOKEN_RE = re.compile(r"\w+(?:['’&.\-]\w+)*")
@@ -235,13 +238,26 @@ class RuleMatcher:
         return "out_of_scope", 0.3, "intent:fallback"
 
 
-def rule_label_rows(query_id: str, text: str, matcher: RuleMatcher, created_at: datetime) -> list[dict[str, Any]]:
+def in_taxonomy(intent: str, spans: list[dict[str, Any]], taxonomy: Optional[Taxonomy]) -> tuple[Optional[str], list[dict]]:
+    """The rule intent and spans the taxonomy declares (None: no intent label); unchanged without one."""
+    if taxonomy is None:
+        return intent, spans
+    spans = [s for s in spans if s["type"] in taxonomy.entity_types]
+    if intent == "out_of_scope":
+        return taxonomy.out_of_scope, spans
+    return (intent if intent in taxonomy.intents else None), spans
+
+
+def rule_label_rows(query_id: str, text: str, matcher: RuleMatcher, created_at: datetime,
+                    taxonomy: Optional[Taxonomy] = None) -> list[dict[str, Any]]:
     """The rule intent label and (when any span matched) the rule entity label of one query."""
     spans = matcher.entities(text)
     intent, conf, rule = matcher.intent(text, spans)
-    rows = [dict(label_id=label_id(query_id, "intent", "rule", RULE_LABELLER), target_type="query",
-                 target_id=query_id, task="intent", value=intent, spans=[], source="rule",
-                 confidence=conf, annotator=rule, created_at=created_at)]
+    intent, spans = in_taxonomy(intent, spans, taxonomy)
+    rows = [] if intent is None else [
+        dict(label_id=label_id(query_id, "intent", "rule", RULE_LABELLER), target_type="query",
+             target_id=query_id, task="intent", value=intent, spans=[], source="rule",
+             confidence=conf, annotator=rule, created_at=created_at)]
     if spans:
         rules = ",".join(sorted({s["rule"] for s in spans}))
         conf = round(sum(SPAN_CONFIDENCE[s["type"]] for s in spans) / len(spans), 4)
@@ -255,22 +271,23 @@ def rule_label_rows(query_id: str, text: str, matcher: RuleMatcher, created_at: 
 class RuleLabeler:
     """Ray Data callable class: compiles the lexicons once per actor, labels Arrow batches of queries."""
 
-    def __init__(self, lexicons: dict[str, list[str]], created_at: datetime):
+    def __init__(self, lexicons: dict[str, list[str]], created_at: datetime, taxonomy: Optional[dict] = None):
         from ray_app.store import schema_of
 
         self.matcher = RuleMatcher(lexicons)
         self.created_at = created_at
+        self.taxonomy = Taxonomy.model_validate(taxonomy) if taxonomy else None
         self.schema = schema_of("labels")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict[str, Any]] = []
         for qid, text in zip(batch.column("query_id").to_pylist(), batch.column("text").to_pylist()):
-            rows += rule_label_rows(qid, text or "", self.matcher, self.created_at)
+            rows += rule_label_rows(qid, text or "", self.matcher, self.created_at, self.taxonomy)
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
 def label_queries_local(queries: Iterable[dict[str, Any]], lexicons: dict[str, list[str]],
-                        created_at: datetime) -> list[dict[str, Any]]:
+                        created_at: datetime, taxonomy: Optional[Taxonomy] = None) -> list[dict[str, Any]]:
     """Driver-side rule labelling (tests, `show`): the same rules without Ray."""
     matcher = RuleMatcher(lexicons)
-    return [r for q in queries for r in rule_label_rows(q["query_id"], q["text"] or "", matcher, created_at)]
+    return [r for q in queries for r in rule_label_rows(q["query_id"], q["text"] or "", matcher, created_at, taxonomy)]

@@ -17,8 +17,7 @@ from torch.nn import functional as F
 
 from ray_app.models.encoder import mean_pool
 from ray_app.models.tokenize import IGNORE_INDEX, WORD_SHAPES, batch_shape_ids, bio_tags, decode_entities
-
-MAX_GAIN = 3.0  # ESCI_GAIN["E"]
+from schemas.grades import ESCI
 
 
 def _drop_pooler(backbone: nn.Module) -> nn.Module:
@@ -138,9 +137,16 @@ def listwise_loss(scores: torch.Tensor, gains: torch.Tensor, groups: torch.Tenso
     return torch.stack(losses).mean() if losses else scores.sum() * 0.0
 
 
-def pointwise_loss(scores: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy against graded targets gain / 3 (E=1, S=2/3, C=1/3, I=0)."""
-    return F.binary_cross_entropy_with_logits(scores.float(), gains.float() / MAX_GAIN)
+def pointwise_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy against graded targets in [0, 1]: each gain's place in its scale's range
+    (ray_app.training.gains; ESCI: gain / 3, so E=1, S=2/3, C=1/3, I=0)."""
+    return F.binary_cross_entropy_with_logits(scores.float(), targets.float())
+
+
+def esci_targets(gains: torch.Tensor) -> torch.Tensor:
+    """Pointwise targets of gains on ESCI's 0-3 range, for batches that carry no targets of their own."""
+    lo, hi = ESCI.gain_range
+    return (gains.float() - lo) / (hi - lo)
 
 
 POOLINGS = ("residual", "segments", "mean", "cls")
@@ -262,7 +268,10 @@ class CrossEncoderRanker(nn.Module):
         return self.score_head(query, product)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, gains=None, groups=None,
-                q_input_ids=None, q_attention_mask=None, d_input_ids=None, d_attention_mask=None, q_index=None):
+                q_input_ids=None, q_attention_mask=None, d_input_ids=None, d_attention_mask=None, q_index=None,
+                targets=None):
+        """Scores, and with `gains` the loss: listwise on the gains, pointwise on `targets` in [0, 1]
+        (the batch's own normalisation by grade scale; without them, gains are read as ESCI's)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                token_type_ids=token_type_ids).last_hidden_state
         alone = {"q_input_ids": q_input_ids, "q_attention_mask": q_attention_mask,
@@ -273,7 +282,7 @@ class CrossEncoderRanker(nn.Module):
             if self.loss_type == "listwise" and groups is not None:
                 out["loss"] = listwise_loss(scores, gains, groups)
             else:
-                out["loss"] = pointwise_loss(scores, gains)
+                out["loss"] = pointwise_loss(scores, esci_targets(gains) if targets is None else targets)
         return out
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ray_app.metrics import ndcg_at_k, prf_from_counts, retrieval_metrics
-from ray_app.models.heads import ranker_inputs
+from ray_app.models.heads import esci_targets, ranker_inputs
 from ray_app.models.tokenize import IGNORE_INDEX, batch_shape_ids, bio_tags, decode_entities, encode_with_tags
 
 ENC_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -108,7 +108,9 @@ def finalize_intent_entity(sums: dict[str, float]) -> dict[str, float]:
 # -- ranker ------------------------------------------------------------------------------
 def collate_ranker(batch, tokenizer, cfg, epoch: int = 0, sample: bool = True) -> dict[str, torch.Tensor]:
     """Per query: its judged list (a fresh sub-list of `list_size` each epoch when training), plus,
-    when training, `batch_negatives` products judged for OTHER queries of the batch with gain 0.
+    when training, `batch_negatives` products judged for OTHER queries of the batch with gain 0 and
+    target 0. `gains` feed the listwise loss and NDCG, `targets` (gains normalised by their grade
+    scale, training.gains) the pointwise loss; rows without targets are read as ESCI gains.
 
     The borrowed products are what a full-catalogue search puts in front of the ranker: items off
     the query's topic. Trained on judged lists alone, where every item was retrieved for the query,
@@ -117,26 +119,30 @@ def collate_ranker(batch, tokenizer, cfg, epoch: int = 0, sample: bool = True) -
     lists = []
     for i, (qid, query) in enumerate(zip(batch["query_id"], batch["query"])):
         d, g = json.loads(batch["docs"][i]), json.loads(batch["gains"][i])
+        t = (json.loads(batch["targets"][i]) if "targets" in batch
+             else esci_targets(torch.tensor(g, dtype=torch.float32)).tolist())
         if sample and len(d) > cfg["list_size"]:  # a fresh, reproducible sub-list each epoch
             rng = np.random.default_rng(zlib.crc32(f"{qid}:{epoch}:{cfg['seed']}".encode()))
             keep = sorted(rng.choice(len(d), cfg["list_size"], replace=False).tolist())
-            d, g = [d[k] for k in keep], [g[k] for k in keep]
-        lists.append((str(qid), str(query), d, g))
+            d, g, t = [d[k] for k in keep], [g[k] for k in keep], [t[k] for k in keep]
+        lists.append((str(qid), str(query), d, g, t))
     n_borrow = int(cfg.get("batch_negatives", 0)) if sample else 0
-    queries, docs, gains, groups = [], [], [], []
-    for i, (qid, query, d, g) in enumerate(lists):
+    queries, docs, gains, targets, groups = [], [], [], [], []
+    for i, (qid, query, d, g, t) in enumerate(lists):
         if n_borrow and len(lists) > 1:
             own = set(d)
             pool = [doc for j, other in enumerate(lists) if j != i for doc in other[2] if doc not in own]
             rng = np.random.default_rng(zlib.crc32(f"neg:{qid}:{epoch}:{cfg['seed']}".encode()))
             picked = [pool[k] for k in rng.choice(len(pool), min(n_borrow, len(pool)), replace=False)] if pool else []
-            d, g = d + picked, g + [0.0] * len(picked)
+            d, g, t = d + picked, g + [0.0] * len(picked), t + [0.0] * len(picked)
         queries += [query] * len(d)
         docs += d
         gains += g
+        targets += t
         groups += [i] * len(d)
     out = ranker_inputs(tokenizer, queries, docs, cfg["max_length"], cfg["head_config"]["pooling"])
     out["gains"] = torch.tensor(gains, dtype=torch.float32)
+    out["targets"] = torch.tensor(targets, dtype=torch.float32)
     out["groups"] = torch.tensor(groups, dtype=torch.long)
     return out
 
@@ -147,6 +153,7 @@ def evaluate_ranker(model, batches, tokenizer, cfg, device) -> dict[str, float]:
     for batch in batches:
         inputs = collate_ranker(batch, tokenizer, cfg, sample=False)
         groups, gains = inputs.pop("groups"), inputs.pop("gains")
+        inputs.pop("targets")
         scores = model(**{k: v.to(device) for k, v in inputs.items()})["scores"].float().cpu()
         for g in torch.unique(groups):
             idx = groups == g

@@ -7,6 +7,7 @@ import random
 from datetime import datetime, timedelta
 
 import pytest
+from sklearn.metrics import cohen_kappa_score
 
 from jobs.label import run
 from ray_app.labeling.quality import resolve_labels
@@ -57,7 +58,11 @@ def build_store(store, seed: int = 0) -> None:
     store.upsert("products", rows_to_arrow(products, "products"))
     store.upsert("queries", rows_to_arrow(queries, "queries"))
     store.upsert("events", rows_to_arrow(events, "events"))
-    judged = [dict(query_id="Q000", product_id=f"P{p:03d}", grade="E", gain=3, updated_at=t0) for p in range(3)]
+    # Q000 showed products 24, 48, 26, 2, 16, 32 (4 impressions each: all graded by behaviour);
+    # 0 and 1 were never shown, so they have no behaviour label to compare with
+    grades = {24: "E", 48: "S", 26: "C", 2: "I", 16: "E", 32: "I", 0: "E", 1: "E"}
+    judged = [dict(query_id="Q000", product_id=f"P{p:03d}", grade=g, gain={"E": 3, "S": 2, "C": 1, "I": 0}[g],
+                   updated_at=t0) for p, g in grades.items()]
     store.upsert("judgments", rows_to_arrow(judged, "judgments"))
 
 
@@ -70,13 +75,26 @@ def test_label_job_end_to_end(ray_session, store, tmp_path):
     build_store(store)
     cfg = dict(db=store.uri, quiet=True)
     weak = run(LabelConfig(action="weak", report_out=str(tmp_path / "report.json"), **cfg))
-    assert weak.written["rule"] >= 30 and weak.written["behaviour"] > 0
+    # one rule intent per query; every one of the 20 x 6 shown pairs has 4 impressions (>= 3): graded
+    written = store.read("labels").to_pylist()
+    assert sum(r["source"] == "rule" and r["task"] == "intent" for r in written) == 30
+    assert weak.written == {"rule": sum(r["source"] == "rule" for r in written), "behaviour": 120}
     assert weak.report["coverage"]["intent"] == 1.0 and weak.report["coverage"]["entity"] > 0.5
     assert weak.report["agreement"]["intent_rule_vs_human"] == {"n": 0, "accuracy": None, "kappa": None}
     report = json.loads((tmp_path / "report.json").read_text())
     assert {"coverage", "agreement", "conflicts", "distribution", "confidence"} <= set(report)
     assert report["agreement"]["intent"]["rule_vs_human"]["n"] == 0
-    assert report["agreement"]["relevance"]["behaviour_vs_judgments"]["n"] >= 0
+    # behaviour against the judgments, recomputed here from the two tables
+    judged = {f"{j['query_id']}::{j['product_id']}": j["grade"] for j in store.read("judgments").to_pylist()}
+    behaviour = {r["target_id"]: r["value"] for r in store.read("labels").to_pylist()
+                 if r["source"] == "behaviour" and r["target_id"] in judged}
+    assert sorted(behaviour) == [f"Q000::P{p:03d}" for p in (2, 16, 24, 26, 32, 48)]
+    vs_judged = report["agreement"]["relevance"]["behaviour_vs_judgments"]
+    assert vs_judged["n"] == 6
+    assert vs_judged["accuracy"] == round(sum(v == judged[t] for t, v in behaviour.items()) / 6, 4)
+    pairs = sorted(behaviour)
+    kappa = cohen_kappa_score([behaviour[t] for t in pairs], [judged[t] for t in pairs])
+    assert vs_judged["kappa"] == pytest.approx(kappa, abs=1e-4), (behaviour, vs_judged)
     rows_after_first = store.count("labels")
 
     before = resolved_map(store)

@@ -63,3 +63,18 @@ def test_main_job_small(ray_session, tmp_path):
     report = json.loads((tmp_path / "reports" / f"quality-{result.snapshot}.json").read_text())
     assert report["row_counts"]["events"] == result.ingest["events"]["accepted"]
     assert report["labels"]["intent"]
+
+
+def test_snapshot_job_names_a_recreated_table_and_resumes_a_failed_run(tmp_path, capsys):
+    db = str(tmp_path / "db")
+    store = Store(db)
+    store.upsert("products", products(["a", "b"]))
+    store.table("products").tags.create("snapshot-v1", store.version("products"))  # left by a crashed run
+    assert snapshot.main(["--db", db, "--name", "v1", "--report-dir", str(tmp_path / "r"), "--quiet"]) == 0
+    store.db.drop_table("products")
+    store.upsert("products", products(["x"], title="Hat"))
+    capsys.readouterr()
+    assert snapshot.main(["--db", db, "--action", "show", "--name", "v1", "--report-dir", str(tmp_path / "r")]) == 1
+    captured = capsys.readouterr()
+    assert "table 'products' was dropped and re-created after snapshot 'v1'" in captured.out + captured.err
+    assert "Traceback" not in captured.err

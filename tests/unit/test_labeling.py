@@ -12,6 +12,7 @@ from ray_app.labeling.behaviour import (aggregate_events, behaviour_label_rows, 
 from ray_app.labeling.human_io import ImportContext, import_records, label_studio_tasks, write_export
 from ray_app.labeling.quality import cohen_kappa, quality_report, resolve_labels, span_prf
 from ray_app.labeling.rules import RuleMatcher, build_lexicons, inflections, label_queries_local
+from ray_app.privacy import pseudonymise
 from ray_app.store import rows_to_arrow
 
 pytestmark = pytest.mark.unit
@@ -203,7 +204,8 @@ def test_label_studio_import_and_round_trip(ctx, tmp_path):
     out = import_records(str(path), ctx)
     assert (out.read, out.imported, out.rejected) == (1, 1, [])
     got = {r["task"]: r for r in out.rows}
-    assert got["intent"]["value"] == "brand_query" and got["intent"]["annotator"] == "labelstudio:7"
+    # a person is stored as a keyed pseudonym unless a display name is configured (docs/labelling.md)
+    assert got["intent"]["value"] == "brand_query" and got["intent"]["annotator"] == pseudonymise("labelstudio:7", ctx.pseudonym_key)
     assert got["entity"]["spans"] == [{"start": 0, "end": 4, "type": "brand", "text": "nike"}]
 
     intent_only = {"type": "choices", "from_name": "intent", "value": {"choices": ["product_search"]}}
@@ -213,7 +215,8 @@ def test_label_studio_import_and_round_trip(ctx, tmp_path):
                                  "annotations": [{"completed_by": "b", "result": [intent_only]}]},
                                 {"data": {"query_id": "Q00001"}, "annotations": [{"completed_by": "c", "result": []}]}]))
     out = import_records(str(path), ctx)  # removing every predicted span says "no entities"; no prediction: no entity label
-    assert sorted((r["annotator"], r["task"], len(r["spans"])) for r in out.rows) == [("a", "intent", 0), ("b", "entity", 0), ("b", "intent", 0)]
+    a, b = (pseudonymise(x, ctx.pseudonym_key) for x in "ab")
+    assert sorted((r["annotator"], r["task"], len(r["spans"])) for r in out.rows) == sorted([(a, "intent", 0), (b, "entity", 0), (b, "intent", 0)])
     assert out.rejected == [{"line": 3, "annotation": 1, "reason": "annotation holds no intent choice and no entity spans"}]
 
     human = [lab("Q00001", "intent", "human", "brand_query", annotator="ann_a", conf=0.9),
@@ -225,6 +228,7 @@ def test_label_studio_import_and_round_trip(ctx, tmp_path):
              lab("Q00001::P1", "relevance", "human", "S", annotator="ann_a")]
     weak = [lab("Q00002", "intent", "rule", "order_support", annotator="intent:order_words", conf=0.9)]
     ctx.stored = {("Q00002", "intent", "rule"): weak[0]}
+    ctx.known_annotators = {"ann_a", "ann_b"}  # stored names (what jobs.label passes): an export imports back as it was
     tasks = label_studio_tasks(human + weak, weak, ctx.texts, {"P1": "Nike Zoom"})
     by = {(t["data"]["query_id"], t["data"].get("product_id")): t for t in tasks}
     assert set(by) == {("Q00001", None), ("Q00001", "P1"), ("Q00002", None)}
@@ -284,3 +288,12 @@ def test_bad_import_lines_are_rejected_with_reasons(ctx, tmp_path):
                         'query,Q00001,entity,,"[{""start"":0,""end"":99,""type"":""brand""}]",a,1\n')
     out = import_records(str(csv_path), ctx)
     assert out.imported == 1 and out.rejected[0]["line"] == 3 and out.rows[0]["spans"][0]["text"] == "nike"
+
+
+def test_relevance_agreement_uses_the_declared_gains():
+    from ray_app.labeling.quality import _agree
+
+    a = {"t1": {"value": "perfect"}, "t2": {"value": "good"}}
+    b = {"t1": {"value": "good"}, "t2": {"value": "good"}}
+    out = _agree("relevance", a, b, gains={"perfect": 4.0, "good": 2.0, "bad": 0.0})
+    assert out["mean_abs_gain_diff"] == 1.0  # |4-2| and 0; ESCI's gains would count both as 0

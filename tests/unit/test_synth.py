@@ -47,8 +47,12 @@ def test_counts_honoured(shop):
     assert len(pd.read_csv(out / "users.csv")) == result.users == SMALL["users"]
     assert len(pd.read_parquet(out / "events.parquet")) == result.events == SMALL["events"]
     assert len(_read_jsonl(out / "gold_labels.jsonl")) == result.gold_labels == 2 * SMALL["queries"]
-    n_human = round(SMALL["gold_fraction"] * SMALL["queries"])
+    splits = pd.read_csv(out / "queries.csv")["split"]
+    n_human = round(SMALL["gold_fraction"] * int((splits != "test").sum()))  # test queries are left to the gold file
     assert result.human_queries == n_human and result.human_labels == 2 * n_human
+    assert len(_read_jsonl(out / "gold_test_labels.jsonl")) == result.gold_test_labels == 2 * int((splits == "test").sum())
+    judgments = pd.read_csv(out / "judgments.csv")
+    assert len(judgments) == result.judgments and judgments["query_id"].nunique() == result.judged_queries > 0
     assert result.files == {name: (out / name).stat().st_size for name in OUTPUT_FILES}
 
 
@@ -71,7 +75,7 @@ def test_products_shape_and_messiness(shop):
 def test_spans_match_text_and_all_intents_present(shop):
     out, _ = shop
     text = dict(pd.read_csv(out / "queries.csv", keep_default_na=False)[["query_id", "text"]].values)
-    for name in ("gold_labels.jsonl", "human_labels.jsonl"):
+    for name in ("gold_labels.jsonl", "human_labels.jsonl", "gold_test_labels.jsonl"):
         labels = _read_jsonl(out / name)
         for lab in labels:
             assert lab["target_type"] == "query" and lab["target_id"] in text
@@ -156,6 +160,6 @@ def test_entry_point_prints_json_summary(tmp_path, capsys):
                "--events", "200", "--quiet"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and summary["events"] == 200 and summary["products"] == 50
-    with pytest.raises(SystemExit) as exc:
-        main(["--out", str(tmp_path / "bad"), "--products", "5"])
-    assert exc.value.code == 2
+    assert main(["--out", str(tmp_path / "bad"), "--products", "5"]) == 2  # a bad config: exit 2, JSON line last
+    bad = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bad["ok"] is False and "products" in bad["error"]

@@ -1,0 +1,74 @@
+"""What a quarantined row keeps: its reason (grouped for summaries) and, for tables with
+personal identifiers, a readable copy with the ids pseudonymised plus the row as read, sealed.
+
+Nothing identifying is stored raw, quarantine included: a `users`, `events` or `labels` row that
+failed keeps its own table's columns readable, with `user_id`, `session_id` or `annotator`
+(wherever they appear in the row) replaced by their keyed pseudonyms (an annotator by its
+configured name); the exact original line, other columns included, is encrypted with the
+pseudonymisation key (`ray_app.privacy.unseal` reads it back), so the row is still kept whole
+for whoever holds the key.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Callable, Optional
+
+from ray_app.ingest.clean import EXTRA_INPUTS, CleanContext, apply_mapping
+from ray_app.privacy import pseudonymise, pseudonymise_session, seal
+from ray_app.taxonomy import annotator_name
+from ray_app.text import normalize_text
+from schemas.records import TABLE_MODELS
+
+# The identifying columns of each table and how each is stored; a quarantined row of these
+# tables is redacted (these values replaced wherever they appear in the row) and sealed.
+PERSONAL_FIELDS: dict[str, dict[str, Callable[[str, CleanContext], str]]] = {
+    "users": {"user_id": lambda v, ctx: pseudonymise(v, ctx.pseudonym_key)},
+    "events": {"user_id": lambda v, ctx: pseudonymise(v, ctx.pseudonym_key),
+               "session_id": lambda v, ctx: pseudonymise_session(v, ctx.pseudonym_key)},
+    "labels": {"annotator": lambda v, ctx: annotator_name(v, ctx.taxonomy, ctx.pseudonym_key, keep={ctx.dataset})},
+}
+PERSONAL_TABLES = tuple(PERSONAL_FIELDS)
+
+
+def redact_personal(raw: str, data: Optional[dict], reason: str, ctx: CleanContext,
+                    mapping: dict[str, str]) -> tuple[str, str, str]:
+    """(readable row with its ids pseudonymised, reason likewise, the row as read sealed).
+
+    A row that could not be parsed cannot be redacted field by field: only its sealed copy is kept."""
+    sealed = seal(raw, ctx.pseudonym_key)
+    if not isinstance(data, dict):
+        return "", reason, sealed
+    mapped = apply_mapping(data, ctx.table, mapping)
+    # pseudonyms of the values as the cleaner stores them (normalised), so they join with accepted rows
+    ids: dict[str, str] = {}
+    for name, fn in PERSONAL_FIELDS[ctx.table].items():
+        value = normalize_text(str(mapped.get(name) or ""))
+        if value:  # replaced as written and as normalised, longest first
+            ids[str(mapped[name])] = ids[value] = fn(value, ctx)
+    ids = dict(sorted(ids.items(), key=lambda kv: -len(kv[0])))
+    ids = {raw_id: alias for raw_id, alias in ids.items() if raw_id != alias}  # a configured name stays
+    # only the table's own columns are readable; any other column (an e-mail, a name) stays sealed alone
+    readable = set(TABLE_MODELS[ctx.table].model_fields) | EXTRA_INPUTS.get(ctx.table, set())
+    redacted = {}
+    for name, value in ((k, v) for k, v in mapped.items() if k in readable):
+        # an id may also sit in another field (a shifted column, a free-text note): replace it in every value
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        for raw_id, alias in ids.items():
+            text = text.replace(raw_id, alias)
+        redacted[name] = text if isinstance(value, str) or text != json.dumps(value, ensure_ascii=False, default=str) else value
+    for raw_id, alias in ids.items():
+        reason = reason.replace(raw_id, alias)
+    return json.dumps(redacted, ensure_ascii=False, default=str), reason, sealed
+
+
+_LITERAL = re.compile(r"'[^']*'|\"[^\"]*\"|(?<![\w-])\d[\d,.]*\b")
+
+
+def reason_kind(field: str, reason: str) -> str:
+    """The reason with its literal values elided, so alike reasons count together but stay whole:
+    "grade: '3.0' is not one of E, S, C, I" -> "grade: … is not one of E, S, C, I"."""
+    text = _LITERAL.sub("…", reason)
+    if len(text) > 300:
+        text = text[:299] + "…"
+    return f"{field}: {text}" if field else text

@@ -1,0 +1,125 @@
+"""Driver-side steps between staging and the commit: repeats, duplicates and partial updates.
+
+Pure Arrow/Python functions over the staged rows of one ingest (no Ray), so each rule is
+unit-tested on its own:
+- events without an id from the feed get content ids; repeats of the same content within one
+  feed are numbered (first keeps the content id), so identical genuine events stay separate
+  and a re-run of the feed reproduces the same ids;
+- duplicates by key: the latest row in read order wins, the others are counted;
+- rows of a partial feed (only some columns, e.g. price + stock) take every absent column from
+  the stored row; a partial row for a key not yet stored must carry the required columns, or
+  it goes to quarantine with the reason.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_app.ids import stable_id
+from ray_app.ingest.clean import DERIVED_COLUMNS, PARTIAL_TABLES, product_missing_fields
+
+READ_ORDER = [("_source", "ascending"), ("_row", "ascending"), ("_sub", "ascending")]
+
+
+def number_repeats(ok: pa.Table, key: str = "event_id") -> pa.Table:
+    """Give the n-th repeat (n >= 1, read order) of an auto-derived key the id stable_id(key, n)."""
+    if ok.num_rows == 0 or "_auto_key" not in ok.column_names:
+        return ok
+    ok = ok.sort_by(READ_ORDER)
+    ids, auto = ok.column(key).to_pylist(), ok.column("_auto_key").to_pylist()
+    seen: Counter = Counter()
+    out = []
+    for value, is_auto in zip(ids, auto):
+        if not is_auto:
+            out.append(value)
+            continue
+        n = seen[value]
+        seen[value] += 1
+        out.append(value if n == 0 else stable_id("repeat", value, n))
+    return ok.set_column(ok.schema.get_field_index(key), key, pa.array(out, pa.string()))
+
+
+def dedup_latest(ok: pa.Table, keys: list[str]) -> tuple[pa.Table, int]:
+    """Keep the last row per key in read order (source, row, sub); return rows and #dropped."""
+    if ok.num_rows == 0:
+        return ok, 0
+    ok = ok.sort_by(READ_ORDER)
+    ok = ok.append_column("_pos", pa.array(range(ok.num_rows), pa.int64()))
+    last = ok.group_by(keys).aggregate([("_pos", "max")]).column("_pos_max")
+    kept = ok.take(pc.take(last, pc.sort_indices(last)))  # the last position of each key, in read order
+    return kept.drop_columns(["_pos"]), ok.num_rows - kept.num_rows
+
+
+def merge_partial(table: str, rows: pa.Table, key: str, read_stored: Callable[[list[str]], pa.Table],
+                  columns: list[str]) -> tuple[pa.Table, list[tuple[dict[str, Any], str, str]]]:
+    """Fill the absent columns of partial rows from the stored rows.
+
+    Returns the completed rows and the rows that must be quarantined instead, as
+    (staged row, field, reason) - a new key whose feed lacks a required column.
+    """
+    if table not in PARTIAL_TABLES or rows.num_rows == 0:
+        return rows, []
+    derived = set(DERIVED_COLUMNS.get(table, ())) | {key}
+    present = rows.column("_present").to_pylist()
+    partial = [i for i, p in enumerate(present) if not set(columns) <= set(p) | derived]
+    if not partial:
+        return rows, []
+    keys = [rows.column(key)[i].as_py() for i in partial]
+    stored = {r[key]: r for r in read_stored(keys).to_pylist()}
+    records = rows.to_pylist()
+    rejected: list[tuple[dict[str, Any], str, str]] = []
+    drop: set[int] = set()
+    for i in partial:
+        rec, have = records[i], set(present[i]) | derived
+        old = stored.get(rec[key])
+        if old is None:
+            lacking = [c for c in PARTIAL_TABLES[table] if c not in have]
+            if lacking:
+                rejected.append((rec, lacking[0], f"required column is absent for a new {table[:-1]} (not in the store yet): "
+                                                  f"{', '.join(lacking)}; the feed has {', '.join(sorted(present[i]))}"))
+                drop.add(i)
+            continue
+        for col in columns:
+            if col not in have and col in old:
+                rec[col] = old[col]
+        if table == "products":
+            rec["missing_fields"] = product_missing_fields(rec)
+    kept = [r for i, r in enumerate(records) if i not in drop]
+    return pa.Table.from_pylist(kept, schema=rows.schema), rejected
+
+
+def keys_filter(key: str, values: list[str]) -> str:
+    """A SQL predicate `key IN (...)` with the values quoted."""
+    quoted = ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+    return f"{key} IN ({quoted})"
+
+
+SPLIT_TABLES = ("queries", "judgments")
+
+
+def keep_stored_splits(table: str, rows: pa.Table, keys: list[str],
+                       read_stored: Callable[[list[str]], pa.Table]) -> tuple[pa.Table, int]:
+    """Rows that come without a split keep the split their key already has in the store.
+
+    A query put in `test` (by `--test-fraction`, or by its file) must stay there when a later
+    file names it without a split (a plain queries file, an intents file): an empty split reads as
+    train, so overwriting it would leak test queries into training. Returns rows and #kept."""
+    if table not in SPLIT_TABLES or rows.num_rows == 0:
+        return rows, 0
+    splits = rows.column("split").to_pylist()
+    blank = [i for i, s in enumerate(splits) if not s]
+    if not blank:
+        return rows, 0
+    first = [rows.column(keys[0])[i].as_py() for i in blank]
+    stored = {tuple(r[k] for k in keys): r["split"] for r in read_stored(sorted(set(first))).to_pylist() if r["split"]}
+    kept = 0
+    for i in blank:
+        found = stored.get(tuple(rows.column(k)[i].as_py() for k in keys))
+        if found:
+            splits[i], kept = found, kept + 1
+    if not kept:
+        return rows, 0
+    return rows.set_column(rows.schema.get_field_index("split"), "split", pa.array(splits, pa.string())), kept
