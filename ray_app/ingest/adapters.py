@@ -8,9 +8,7 @@ cleaning, quarantine and upsert path as any shop's own files.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from functools import partial

@@ -7,44 +7,17 @@ naming the field and why. Missing optional values are filled with a default and 
 from __future__ import annotations
 
 import json
-import math
-import re
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from ray_app.ids import label_id, stable_id
-from ray_app.ingest.judged import QUERY_TEXT_COLUMNS, hash_split, query_key, query_text
+# the field parsers live in ray_app.ingest.fields; Reject and CleanContext are re-exported from here
+from ray_app.ingest.fields import (CleanContext, Reject, _missing, attributes_field, list_field, number_field,  # noqa: F401
+                                   split_field, text_field, timestamp_field)
+from ray_app.ingest.judged import QUERY_TEXT_COLUMNS, query_key, query_text
 from ray_app.privacy import pseudonymise, pseudonymise_session
 from ray_app.taxonomy import annotator_name
-from ray_app.text import normalize_text, normalize_with_offsets, remap_span, strip_html
-from schemas.grades import ESCI, GradeScale
-from schemas.records import EVENT_TYPES, LABEL_SOURCES, LABEL_TASKS, SPLITS, TABLE_MODELS
-from schemas.taxonomy import Taxonomy, TaxonomyError
-
-
-class Reject(ValueError):
-    """A record that cannot become a row: `field` and a human-readable reason."""
-
-    def __init__(self, field_name: str, reason: str):
-        super().__init__(f"{field_name}: {reason}" if field_name else reason)
-        self.field = field_name
-        self.reason = reason
-
-
-@dataclass
-class CleanContext:
-    table: str
-    pseudonym_key: str
-    max_field_chars: int = 100_000
-    split: Optional[str] = None
-    dataset: str = ""
-    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
-    grades: GradeScale = field(default_factory=lambda: ESCI)  # the scale judgments are graded on
-    split_seed: Optional[int] = None  # set: queries and judgments get a split by hash of the query id
-    test_fraction: float = 0.0
-    validation_fraction: float = 0.0
-    taxonomy: Optional[Taxonomy] = None  # the store's label taxonomy; None: a dataset's own vocabulary (SNIPS)
+from schemas.records import EVENT_TYPES, LABEL_SOURCES, LABEL_TASKS, TABLE_MODELS
+from schemas.taxonomy import TaxonomyError
 
 
 # Common alternative column names, used only when the canonical column is absent.
@@ -63,125 +36,6 @@ ALIASES: dict[str, dict[str, str]] = {
 EVENT_ALIASES = {"view": "impression", "impression": "impression", "click": "click", "add-to-cart": "add_to_cart",
                  "add_to_cart": "add_to_cart", "addtocart": "add_to_cart", "cart": "add_to_cart", "atc": "add_to_cart",
                  "purchase": "purchase", "order": "purchase", "buy": "purchase", "conversion": "purchase"}
-_NUMBER = re.compile(r"^[\s$€£¥]*([-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+)\s*(?:[a-zA-Z]{3})?\s*$")
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
-
-
-def text_field(data: dict, name: str, ctx: CleanContext, required: bool = False, html: bool = False) -> str:
-    value = data.get(name)
-    if _missing(value):
-        if required and name not in data:
-            raise Reject(name, f"required column is absent; the row has {', '.join(sorted(map(str, data)))[:300] or 'no columns'}"
-                               f" (rename one with --map SRC={name})")
-        if required:
-            raise Reject(name, "required value is missing")
-        return ""
-    if not isinstance(value, (str, int, float)):
-        raise Reject(name, f"expected text, got {type(value).__name__}")
-    text = str(value)
-    if len(text) > ctx.max_field_chars:
-        raise Reject(name, f"value is {len(text):,} characters, over the limit of {ctx.max_field_chars:,}")
-    if html:
-        text = strip_html(text)
-    text = normalize_text(text)
-    if required and not text:
-        raise Reject(name, "required value is empty after normalisation")
-    return text
-
-
-def number_field(data: dict, name: str, lo: Optional[float] = None, hi: Optional[float] = None,
-                 integer: bool = False) -> Optional[float]:
-    value = data.get(name)
-    if _missing(value):
-        return None
-    if isinstance(value, bool):
-        raise Reject(name, f"expected a number, got boolean {value!r}")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        match = _NUMBER.match(str(value))
-        if not match:
-            raise Reject(name, f"expected a number, got {str(value)[:60]!r}")
-        number = float(match.group(1).replace(",", ""))
-    if math.isnan(number) or math.isinf(number):
-        raise Reject(name, f"expected a finite number, got {value!r}")
-    if (lo is not None and number < lo) or (hi is not None and number > hi):
-        raise Reject(name, f"{number:g} is outside the allowed range [{lo}, {hi}]")
-    if integer:
-        if number != int(number):
-            raise Reject(name, f"expected a whole number, got {value!r}")
-        return int(number)
-    return number
-
-
-def timestamp_field(data: dict, name: str, ctx: CleanContext, required: bool = False) -> Optional[datetime]:
-    value = data.get(name)
-    if _missing(value):
-        if required:
-            raise Reject(name, "required timestamp is missing")
-        return None
-    try:
-        if isinstance(value, datetime):
-            ts = value
-        elif isinstance(value, (int, float)) or re.fullmatch(r"\d{9,13}(\.\d+)?", str(value).strip()):
-            seconds = float(value)
-            ts = datetime.fromtimestamp(seconds / 1000 if seconds > 1e11 else seconds, tz=timezone.utc)
-        else:
-            ts = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-    except (ValueError, OverflowError, OSError):
-        raise Reject(name, f"not a timestamp: {str(value)[:60]!r} (use ISO 8601 or epoch seconds/ms)")
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
-    return ts
-
-
-def list_field(data: dict, name: str) -> list[str]:
-    value = data.get(name)
-    if _missing(value):
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                raise Reject(name, f"looks like a JSON list but does not parse: {text[:60]!r}")
-        else:
-            value = re.split(r"\s*(?:>|\||/)\s*", text)
-    if not isinstance(value, (list, tuple)):
-        raise Reject(name, f"expected a list or 'A > B > C', got {type(value).__name__}")
-    return [normalize_text(str(v)) for v in value if not _missing(v)]
-
-
-def attributes_field(data: dict, name: str = "attributes") -> str:
-    value = data.get(name)
-    if _missing(value):
-        return "{}"
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise Reject(name, f"expected a JSON object, got {value[:60]!r}")
-    if not isinstance(value, dict):
-        raise Reject(name, f"expected an object of name -> value, got {type(value).__name__}")
-    clean = {normalize_text(str(k)): (normalize_text(v) if isinstance(v, str) else v) for k, v in value.items() if not _missing(v)}
-    return json.dumps(clean, ensure_ascii=False, sort_keys=True, default=str)
-
-
-def split_field(data: dict, ctx: CleanContext, query_id: str = "") -> str:
-    """The row's split: forced (--split), else by hash of its query id (--test-fraction), else its column."""
-    if ctx.split is None and ctx.split_seed is not None:
-        return hash_split(query_id, ctx.split_seed, ctx.test_fraction, ctx.validation_fraction)
-    split = ctx.split if ctx.split is not None else str(data.get("split") or "").strip().lower()
-    split = {"val": "validation", "valid": "validation", "dev": "validation", "validate": "validation"}.get(split, split)
-    if split not in SPLITS:
-        raise Reject("split", f"{split!r} is not one of train, validation, test")
-    return split
-
-
 def product_missing_fields(row: dict) -> list[str]:
     """Optional product fields that are empty (filled with a default) in a finished row."""
     return [f for f in ("description", "brand", "price", "rating", "stock", "image_url")

@@ -1,7 +1,6 @@
 """Property test of the readers and cleaner without Ray: any file, every record accounted for once."""
 from __future__ import annotations
 
-import gzip
 import os
 
 import pytest
