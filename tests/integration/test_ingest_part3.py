@@ -236,3 +236,11 @@ def test_intents_file_keyed_by_query_text_fills_queries_and_labels(ray_session, 
     (q,) = store.read("quarantine").to_pylist()
     assert "music" in q["reason"] and '"value": "music"' in q["raw"] and '"text": "play some jazz"' in q["raw"]
     assert unseal(q["raw_sealed"], resolve_key()[0]) == "play some jazz,music"  # labels name people: sealed as read
+
+
+def test_judgments_keyed_by_query_id_alone(ray_session, tmp_path, capsys):
+    src = tmp_path / "judgments.csv"
+    src.write_text("query_id,product_id,grade\nq1,P1,E\nq1,P2,I\n")  # no query text: nothing to put in `queries`
+    code, summary, _ = _run(capsys, "--db", str(tmp_path / "db"), "--table", "judgments", "--path", str(src), "--quiet")
+    per_table = {t["table"]: (t["read"], t["accepted"]) for t in summary["tables"]}
+    assert code == 0 and per_table == {"queries": (0, 0), "judgments": (2, 2)}
