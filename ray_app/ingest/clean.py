@@ -101,10 +101,17 @@ def clean_event(d: dict, ctx: CleanContext) -> dict:
 
 
 def clean_judgment(d: dict, ctx: CleanContext) -> dict:
+    raw = text_field(d, "grade", ctx, required=True)
     try:
-        grade, gain = ctx.grades.grade(text_field(d, "grade", ctx, required=True))
+        grade, gain = ctx.grades.grade(raw)
     except ValueError as exc:
-        raise Reject("grade", str(exc)) from None
+        alias = ctx.taxonomy.grade_aliases.get(raw.lower()) if ctx.taxonomy is not None else None
+        try:  # a spelling the taxonomy declares ("exact" for E)
+            grade, gain = ctx.grades.grade(alias) if alias else (None, None)
+        except ValueError:
+            grade = None
+        if grade is None:
+            raise Reject("grade", str(exc)) from None
     query_id = text_field(d, "query_id", ctx)
     if not query_id:  # keyed by query text: the id its row in `queries` gets too
         text = query_text(d)

@@ -120,3 +120,13 @@ def test_report_states_the_grade_scale():
     assert "NDCG@10 (declared gains)" in text and "NDCG (ESCI gains)" not in text
     esci = render_report({**payload, "grade_scales": ["esci"], "judged_list": {"bm25": {"ndcg_esci": 0.5, "ndcg@10": 0.6}}})
     assert "`esci` (E=3, S=2, C=1, I=0; relevant: E, S)" in esci and "NDCG@10 (3/2/1/0)" in esci
+
+
+def test_judgment_grades_take_the_taxonomys_aliases():
+    from schemas.taxonomy import builtin_taxonomy
+
+    ctx = CleanContext(table="judgments", pseudonym_key="k", taxonomy=builtin_taxonomy())
+    row = clean_record({"query_id": "q", "product_id": "p", "grade": "Exact"}, ctx)
+    assert (row["grade"], row["gain"]) == ("E", 3.0)
+    with pytest.raises(Reject, match="grade"):
+        clean_record({"query_id": "q", "product_id": "p", "grade": "great"}, ctx)
