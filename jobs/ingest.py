@@ -11,7 +11,7 @@ reason. Writes are upserts by key (latest row wins), so re-running changes no co
 Exits 0 when the input was read (even with quarantined rows); 1 when it cannot be read at all.
 
 Judgments: `--table judgments` also fills `queries` from the same file when its rows carry the
-query text (`query`, `query_text` or `text`; without a `query_id` the id derives from the
+query text (`query_text`, `query`, `text`, `search_term` or `keywords`; without a `query_id` the id derives from the
 normalised text). Grades are on the declared scale: `--grades numeric:0-3` (gain = grade,
 fractional means of several raters allowed) or `--grades perfect=3,good=2,bad=0`, else the
 grades of the store's taxonomy, else ESCI letters; each judgment stores its gain and scale.
@@ -106,6 +106,11 @@ def run(config: IngestConfig) -> IngestResult:
         if stats.ignored_columns:  # said even when quiet: a column a user meant to load may be misnamed
             note = (f"{stats.table}: ignored columns that map to no column of the table: {', '.join(stats.ignored_columns)}"
                     f" (rename with --map SRC=DST; columns: {', '.join(f.name for f in schema_of(stats.table))})")
+            warnings.append(note)
+            print(f"jobs.ingest: warning: {note}", file=sys.stderr)
+        if stats.read and not stats.accepted and stats.quarantined:  # exit 0 (the file was read), but say it loudly
+            note = (f"{stats.table}: no row accepted, all {stats.quarantined:,} quarantined; the reasons below say why"
+                    f" (python -m jobs.quarantine --table {stats.table} lists them)")
             warnings.append(note)
             print(f"jobs.ingest: warning: {note}", file=sys.stderr)
         if not config.quiet:

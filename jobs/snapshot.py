@@ -26,6 +26,7 @@ from schemas.config import SnapshotConfig
 
 
 class SnapshotResult(BaseModel):
+    ok: bool = True
     action: str
     name: Optional[str] = None
     versions: dict[str, int] = {}

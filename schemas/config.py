@@ -162,6 +162,15 @@ class SnapshotConfig(JobConfig):
     other: Optional[str] = Field(None, description="second snapshot for diff")
 
 
+class QuarantineConfig(JobConfig):
+    table: Optional[str] = Field(None, description="only rows of this table (products, events, ...)")
+    run_id: Optional[str] = Field(None, description="only rows of this ingest run (run_id in the ingest summary)")
+    reason: Optional[str] = Field(None, description="only rows whose reason contains this text")
+    limit: int = Field(20, ge=0, description="rows to print (0: only the counts)")
+    unseal: bool = Field(False, description="print the sealed rows of users/events/labels as read (needs the pseudonym key)")
+    pseudonym_key: Optional[str] = Field(None, description="key the rows were sealed with (default $SHOPSEARCH_PSEUDONYM_KEY)")
+
+
 class MainConfig(JobConfig):
     demo_dir: Optional[str] = workspace_path("demo", "folder the synthetic shop is generated into")
     seed: int = 7

@@ -78,7 +78,8 @@ class Taxonomy(BaseModel):
         """The declared intent for `value`; TaxonomyError naming it and the known ones otherwise."""
         found = _lookup(str(value).strip(), self.intents, {})
         if found is None:
-            raise TaxonomyError(f"unknown intent {value!r}; known ({len(self.intents)}): {_known(self.intents)}")
+            hint = " (the built-in taxonomy: declare your own classes with --taxonomy FILE)" if self.name == "ecommerce" else ""
+            raise TaxonomyError(f"unknown intent {value!r}; known ({len(self.intents)}): {_known(self.intents)}{hint}")
         return found
 
     def check_entity_type(self, value: str) -> str:

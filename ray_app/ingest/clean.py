@@ -12,7 +12,7 @@ from typing import Callable, Optional
 from ray_app.ids import label_id, stable_id
 # the field parsers live in ray_app.ingest.fields; Reject and CleanContext are re-exported from here
 from ray_app.ingest.fields import (CleanContext, Reject, _missing, attributes_field, list_field, number_field,  # noqa: F401
-                                   split_field, text_field, timestamp_field)
+                                   parse_number, split_field, text_field, timestamp_field)
 from ray_app.ingest.judged import QUERY_TEXT_COLUMNS, query_key, query_text
 from ray_app.privacy import pseudonymise, pseudonymise_session
 from ray_app.taxonomy import annotator_name
@@ -42,6 +42,12 @@ def product_missing_fields(row: dict) -> list[str]:
             if row.get(f) in ("", None)] + ([] if row.get("category_path") else ["category_path"])
 
 
+def price_currency(value) -> str:
+    """The currency a price string names ("€129,00" -> EUR), or ""."""
+    parsed = parse_number(value) if isinstance(value, str) else None
+    return parsed[1] if parsed else ""
+
+
 def clean_product(d: dict, ctx: CleanContext) -> dict:
     # A feed without a title column is a partial update (price + stock, say): the title is then
     # kept from the stored product, and a product not yet stored is quarantined by the pipeline.
@@ -52,7 +58,7 @@ def clean_product(d: dict, ctx: CleanContext) -> dict:
            "category_path": list_field(d, "category_path"),
            "attributes": attributes_field(d),
            "price": number_field(d, "price", lo=0),
-           "currency": text_field(d, "currency", ctx) or "USD",
+           "currency": text_field(d, "currency", ctx).upper() or price_currency(d.get("price")) or "USD",
            "rating": number_field(d, "rating", lo=0, hi=5),
            "rating_count": number_field(d, "rating_count", lo=0, integer=True),
            "stock": number_field(d, "stock", lo=0, integer=True),
@@ -156,7 +162,7 @@ def clean_label(d: dict, ctx: CleanContext) -> dict:
         clean_spans.append({"start": start, "end": end, "type": etype, "text": str(s.get("text") or (text[start:end] if text else ""))})
     value = text_field(d, "value", ctx)
     if task != "entity" and not value:
-        raise Reject("value", f"a {task} label needs a value")
+        raise Reject("value", f"{'an' if task[0] in 'aeiou' else 'a'} {task} label needs a value")
     try:
         value = ctx.taxonomy.check(task, value) if ctx.taxonomy is not None and task != "entity" else value
     except TaxonomyError as exc:

@@ -43,7 +43,39 @@ class CleanContext:
     taxonomy: Optional[Taxonomy] = None  # the store's label taxonomy; None: a dataset's own vocabulary (SNIPS)
 
 
-_NUMBER = re.compile(r"^[\s$€£¥]*([-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+)\s*(?:[a-zA-Z]{3})?\s*$")
+# A number as shops write it: an optional currency symbol or ISO code before or after, thousands
+# separators, and a decimal point or (European) decimal comma: "$1,299.50", "€129,00", "1.299,50 EUR".
+_NUMBER = re.compile(r"^\s*(?P<pre>[$€£¥]|[A-Za-z]{3}\s)?\s*(?P<num>[-+]?(?:\d[\d,.\u00a0\u202f']*\d|\d)|[-+]?[.,]\d+)"
+                     r"\s*(?P<post>[$€£¥]|[A-Za-z]{3})?\s*$")
+_SPACE_GROUP = re.compile(r"(?<=\d) (?=\d{3}(?!\d))")
+CURRENCY_SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "¥": "JPY"}
+
+
+def parse_number(text: str) -> Optional[tuple[float, str]]:
+    """(value, currency code or "") of a number as shops write it; None when it is not one.
+
+    With both marks, the last one is the decimal mark ("1.299,50", "1,299.50"); a mark that repeats
+    separates thousands ("1.234.567"); a lone point is a decimal point ("4.125"), a lone comma a
+    decimal comma unless three digits follow it ("129,00" but "$1,299")."""
+    match = _NUMBER.match(_SPACE_GROUP.sub("", text))  # "1 299,50": a space between thousands
+    if not match:
+        return None
+    num = re.sub(r"[\u00a0\u202f']", "", match.group("num"))
+    seps = [i for i, c in enumerate(num) if c in ",."]
+    if seps:
+        last, mark = seps[-1], num[seps[-1]]
+        if len({num[i] for i in seps}) == 2:
+            decimal = True
+        elif num.count(mark) > 1:
+            decimal = False
+        else:
+            decimal = mark == "." or len(num) - last - 1 != 3
+        int_part, frac = (num[:last], num[last + 1:]) if decimal else (num, "")
+        if any(len(g) != 3 for g in re.split(r"[,.]", int_part.lstrip("+-"))[1:]):
+            return None  # separators not three digits apart: "12,34,5" is not a number a shop writes
+        num = re.sub(r"[,.]", "", int_part) + ("." + frac if frac else "")
+    code = (match.group("pre") or match.group("post") or "").strip()
+    return float(num), CURRENCY_SYMBOLS.get(code, code.upper())
 
 
 def _missing(value: Any) -> bool:
@@ -82,10 +114,10 @@ def number_field(data: dict, name: str, lo: Optional[float] = None, hi: Optional
     if isinstance(value, (int, float)):
         number = float(value)
     else:
-        match = _NUMBER.match(str(value))
-        if not match:
+        parsed = parse_number(str(value))
+        if parsed is None:
             raise Reject(name, f"expected a number, got {str(value)[:60]!r}")
-        number = float(match.group(1).replace(",", ""))
+        number = parsed[0]
     if math.isnan(number) or math.isinf(number):
         raise Reject(name, f"expected a finite number, got {value!r}")
     if (lo is not None and number < lo) or (hi is not None and number > hi):

@@ -62,12 +62,15 @@ def redact_personal(raw: str, data: Optional[dict], reason: str, ctx: CleanConte
     return json.dumps(redacted, ensure_ascii=False, default=str), reason, sealed
 
 
-_LITERAL = re.compile(r"'[^']*'|\"[^\"]*\"|(?<![\w-])\d[\d,.]*\b")
+# Values that vary from row to row inside otherwise equal reasons: quoted literals, sizes, positions.
+_LITERAL = re.compile(r"'[^']*'|\"[^\"]*\"|(?<=value is )[\d,]+(?= characters)|(?<=at byte )\d+|(?<=at column )\d+"
+                      r"|(?<=CSV row has )\d+(?= fields)|(?<=^)-?[\d.]+(?= is outside)")
 
 
 def reason_kind(field: str, reason: str) -> str:
-    """The reason with its literal values elided, so alike reasons count together but stay whole:
-    "grade: '3.0' is not one of E, S, C, I" -> "grade: … is not one of E, S, C, I"."""
+    """The reason with the row's own values elided, so alike reasons count together but stay whole:
+    "grade: '3.0' is not one of E, S, C, I" -> "grade: … is not one of E, S, C, I" (a scale or a
+    limit in the reason is kept)."""
     text = _LITERAL.sub("…", reason)
     if len(text) > 300:
         text = text[:299] + "…"

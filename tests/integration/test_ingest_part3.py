@@ -160,6 +160,7 @@ def test_ignored_and_unmatched_columns_are_named(ray_session, tmp_path, capsys):
     code, summary, _ = _run(capsys, "--db", str(tmp_path / "db2"), "--table", "products", "--path", str(other), "--quiet")
     (reason,) = summary["tables"][0]["quarantine_reasons"]
     assert code == 0 and summary["quarantined"] == 1 and "bar, foo" in reason and "--map SRC=product_id" in reason
+    assert any("no row accepted" in w for w in summary["warnings"])
 
 
 RAW_IDS = ["alice@example.com", "bob.smith@shop.test", "u_abcdefabcdefabcdefabcdef", "SESSION-77-XYZ", "carol@example.org"]

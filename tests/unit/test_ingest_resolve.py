@@ -115,3 +115,21 @@ def test_quarantined_personal_rows_keep_only_their_table_columns_readable():
     assert "bob@x.test" not in raw + reason and "email" not in raw and "note" not in raw
     assert pseudonymise("bob@x.test", "k") in raw  # the same pseudonym as the accepted rows get
     assert unseal(sealed, "k") == "line"
+
+
+def test_prices_as_shops_write_them():
+    from ray_app.ingest.fields import parse_number
+
+    assert parse_number("€129,00") == (129.0, "EUR") and parse_number("1.299,50 EUR") == (1299.5, "EUR")
+    assert parse_number("$1,299.50") == (1299.5, "USD") and parse_number("1,299") == (1299.0, "")
+    assert parse_number("4.125") == (4.125, "") and parse_number("1 299,50") == (1299.5, "")
+    assert parse_number("12,34,5") is None and parse_number("5 6") is None and parse_number("about ten") is None
+    ctx = CleanContext(table="products", pseudonym_key="k")
+    row = clean_record({"product_id": "P1", "title": "Spade", "price": "€129,00"}, ctx)
+    assert (row["price"], row["currency"]) == (129.0, "EUR")  # not 12900 USD
+
+
+def test_reason_kinds_keep_the_scale_and_limits():
+    assert reason_kind("grade", "'4' is outside the scale numeric:0-3 (0 to 3)") == "grade: … is outside the scale numeric:0-3 (0 to 3)"
+    assert reason_kind("description", "value is 1,048,576 characters, over the limit of 100,000") == \
+        "description: value is … characters, over the limit of 100,000"
