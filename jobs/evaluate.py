@@ -35,8 +35,9 @@ from typing import Any, Optional, Sequence
 import pyarrow as pa
 
 from ray_app.cli import JobError, main_wrapper
-from ray_app.evaluation import (BM25, Dense, Graded, Hybrid, Rerank, RerankFusion, catalogue_metrics, compare_systems,
-                                entity_type_metrics, judged_list_metrics, judged_metrics, mean_metrics, query_understanding_metrics, render_report)
+from ray_app.evaluation import (Graded, catalogue_metrics, compare_systems, entity_type_metrics, judged_list_metrics,
+                                judged_metrics, mean_metrics, query_understanding_metrics, render_report)
+from ray_app.search import BM25, Dense, Hybrid, Rerank, RerankFusion
 from ray_app.eval_data import open_catalogue, split_judged_lists, unscored_note
 from ray_app.index import fts_columns_indexed, load_text_encoder
 from ray_app.labeling.resolve import RANK_COLUMNS, resolve

@@ -17,8 +17,8 @@ Queries with nothing relevant are skipped by NDCG (no ideal ranking) and by reca
 to find); counts per figure are reported.
 Query understanding: intent accuracy and macro-F1, entity span micro-F1 (exact start, end, type),
 sentence exact match (intent and the whole span set right).
-Systems share one interface: `prepare(queries)`, `judged(query, product_ids)` -> scores (None =
-cannot score) and `retrieve(query, depth)` -> ranked product ids over the whole catalogue.
+The systems compared live in the search library (`ray_app.search`: BM25, Dense, Hybrid, Rerank,
+RerankFusion), the same classes the serving stages use.
 """
 from __future__ import annotations
 
@@ -28,10 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, exact_search, fts_search, rrf, text_hash, vector_search
 from ray_app.metrics import accuracy, dcg_at_k, macro_f1, ndcg_at_k, prf_from_counts, recall_at_k, span_f1
 from schemas.grades import ESCI, GradeScale
 
@@ -181,143 +178,6 @@ def entity_type_metrics(gold: Sequence[dict[str, Any]], pred: Sequence[dict[str,
         prf = prf_from_counts(tp, fp, fn)
         out[kind] = {**{k: round(v, 4) for k, v in prf.items()}, "gold": tp + fn, "predicted": tp + fp}
     return out
-
-
-# -- systems -----------------------------------------------------------------------------
-class BM25:
-    def __init__(self, tbl, columns: list[str]):
-        self.tbl, self.columns = tbl, columns
-        self.about = f"LanceDB native FTS (BM25), multi-match over {', '.join(columns)}"
-
-    def prepare(self, queries: list[dict]) -> None:
-        pass
-
-    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
-        return dict(fts_search(self.tbl, q["text"], self.columns, len(pids), restrict_to=pids))
-
-    def retrieve(self, q: dict, depth: int) -> list[str]:
-        return [p for p, _ in fts_search(self.tbl, q["text"], self.columns, depth)]
-
-
-class Dense:
-    """A bi-encoder over the full catalogue: exact cosine (or the table's ANN index with --ann)."""
-
-    def __init__(self, encoder, products: pa.Table, texts: dict[str, str], tbl, ann: bool, log):
-        self.encoder, self.tbl = encoder, tbl
-        self.ids = products.column("product_id").to_pylist()
-        self.row = {p: i for i, p in enumerate(self.ids)}
-        self.matrix, reused = product_matrix(encoder, products, texts, log)
-        self.ann = ann and reused == len(self.ids)
-        self.about = (f"{encoder.key} (dim {encoder.dim}), {reused:,}/{len(self.ids):,} product vectors from the table, "
-                      + ("ANN index search" if self.ann else "exact brute-force cosine"))
-        self.qvec: dict[str, np.ndarray] = {}
-
-    def prepare(self, queries: list[dict]) -> None:
-        vectors = self.encoder.encode([q["text"] for q in queries])
-        self.qvec = {q["query_id"]: v for q, v in zip(queries, vectors)}
-
-    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
-        sims = self.matrix[[self.row[p] for p in pids]] @ self.qvec[q["query_id"]]
-        return dict(zip(pids, sims.tolist()))
-
-    def retrieve(self, q: dict, depth: int) -> list[str]:
-        if self.ann:
-            return [p for p, _ in vector_search(self.tbl, self.qvec[q["query_id"]], depth)]
-        idx, _ = exact_search(self.matrix, self.qvec[q["query_id"]], depth)
-        return [self.ids[i] for i in idx[0]]
-
-
-class Hybrid:
-    def __init__(self, lexical: BM25, dense: Dense, k: int):
-        self.lexical, self.dense, self.k = lexical, dense, k
-        self.about = f"reciprocal-rank fusion (k={k}) of BM25 and {dense.encoder.key}"
-
-    def prepare(self, queries: list[dict]) -> None:
-        self.dense.prepare(queries)
-
-    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
-        rankings = [sorted((p for p, s in part.items() if s is not None), key=lambda p: -part[p])
-                    for part in (self.lexical.judged(q, pids), self.dense.judged(q, pids))]
-        return dict(rrf(rankings, self.k))
-
-    def retrieve(self, q: dict, depth: int) -> list[str]:
-        return [p for p, _ in rrf([self.lexical.retrieve(q, depth), self.dense.retrieve(q, depth)], self.k, depth)]
-
-
-class Rerank:
-    def __init__(self, ranker, base, texts: dict[str, str], depth: int, base_name: str):
-        self.ranker, self.base, self.texts, self.depth = ranker, base, texts, depth
-        self.about = f"cross-encoder {ranker.version.name} re-ranking the top {depth} of {base_name}"
-        self._cache: dict[tuple[str, str], float] = {}  # (query text, product id) -> score, shared with RerankFusion
-
-    def prepare(self, queries: list[dict]) -> None:
-        self.base.prepare(queries)
-
-    def scores(self, q: dict, pids: Sequence[str]) -> list[float]:
-        todo = [p for p in dict.fromkeys(pids) if (q["text"], p) not in self._cache]
-        if todo:
-            fresh = self.ranker.score(q["text"], [self.texts[p] for p in todo])
-            self._cache.update({(q["text"], p): float(s) for p, s in zip(todo, fresh)})
-        return [self._cache[(q["text"], p)] for p in pids]
-
-    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
-        return dict(zip(pids, self.scores(q, pids)))
-
-    def candidates(self, q: dict, depth: int) -> tuple[list[str], list[str], list[str]]:
-        """The base system's top `self.depth` in its order and in the ranker's, and what follows
-        them (kept in the base order)."""
-        found = self.base.retrieve(q, max(depth, self.depth))
-        head = found[:self.depth]
-        order = np.argsort(-np.asarray(self.scores(q, head)), kind="stable")
-        return head, [head[i] for i in order], found[self.depth:]
-
-    def retrieve(self, q: dict, depth: int) -> list[str]:
-        _, reranked, tail = self.candidates(q, depth)
-        return (reranked + tail)[:depth]
-
-
-class RerankFusion:
-    """The re-ranking stage as many engines ship it: the cross-encoder's order fused with the
-    first stage's order (reciprocal-rank fusion) instead of replacing it. Shares the ranker's
-    scores with the plain `Rerank` it wraps, so the report shows what fusion adds on its own."""
-
-    def __init__(self, rerank: Rerank, k: int):
-        self.rerank, self.k = rerank, k
-        self.about = (f"reciprocal-rank fusion (k={k}) of {rerank.ranker.version.name}'s order and the first stage's, "
-                      f"over the same top {rerank.depth}")
-
-    def prepare(self, queries: list[dict]) -> None:
-        self.rerank.prepare(queries)
-
-    def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
-        base = self.rerank.base.judged(q, pids)
-        first = sorted((p for p in pids if base.get(p) is not None), key=lambda p: -base[p])
-        mine = self.rerank.judged(q, pids)
-        return dict(rrf([first, sorted(pids, key=lambda p: -mine[p])], self.k))
-
-    def retrieve(self, q: dict, depth: int) -> list[str]:
-        head, reranked, tail = self.rerank.candidates(q, depth)
-        return ([p for p, _ in rrf([head, reranked], self.k)] + tail)[:depth]
-
-
-def product_matrix(encoder, products: pa.Table, texts: dict[str, str], log) -> tuple[np.ndarray, int]:
-    """Product vectors of `encoder`: reused from the table where model and text hash match, else encoded."""
-    ids = products.column("product_id").to_pylist()
-    matrix = np.zeros((len(ids), encoder.dim), dtype=np.float32)
-    fresh = np.zeros(len(ids), dtype=bool)
-    if VECTOR_COLUMN in products.column_names and products.schema.field(VECTOR_COLUMN).type.list_size == encoder.dim:
-        models, hashes = products.column(MODEL_COLUMN).to_pylist(), products.column(HASH_COLUMN).to_pylist()
-        valid = pc.is_valid(products.column(VECTOR_COLUMN)).to_numpy(zero_copy_only=False)
-        fresh = np.array([v and m == encoder.key and h == text_hash(texts[p])
-                          for v, m, h, p in zip(valid, models, hashes, ids)], dtype=bool)
-        if fresh.any():
-            col = products.column(VECTOR_COLUMN).filter(pa.array(fresh)).combine_chunks()
-            matrix[fresh] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, encoder.dim)
-    missing = np.flatnonzero(~fresh)
-    if missing.size:
-        log(f"evaluate: encoding {missing.size:,} product texts with {encoder.key} (not in the table's vectors)")
-        matrix[missing] = encoder.encode([texts[ids[i]] for i in missing])
-    return matrix, int(fresh.sum())
 
 
 # -- report ------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ class _FixedBase:
 
 
 def test_rerank_reorders_the_head_and_fusion_blends_orders_without_rescoring():
-    from ray_app.evaluation import Rerank, RerankFusion
+    from ray_app.search import Rerank, RerankFusion
     from ray_app.index import rrf
 
     base = _FixedBase(["a", "b", "c", "d", "e"])
