@@ -36,7 +36,7 @@ from ray_app.store import Store, schema_of
 from ray_app.taxonomy import declare_taxonomy, declared_taxonomy, load_taxonomy_file, taxonomy_from_labels
 from schemas.config import IngestConfig
 from schemas.grades import ESCI, GradeScale
-from schemas.ingest import IngestResult
+from schemas.ingest import IngestResult, TableIngestStats
 from schemas.taxonomy import TaxonomyError, builtin_taxonomy
 
 
@@ -63,6 +63,19 @@ def plan_sources(config: IngestConfig) -> list[Source]:
     if config.table == "labels":  # so may a labels file keyed by query text (`query,intent`)
         return label_sources(files, config.map)
     return [Source(config.table, files, None, config.map)]
+
+
+def table_warnings(stats: TableIngestStats) -> list[str]:
+    """What a table's ingest should tell the user although it succeeded: columns it ignored (a
+    misnamed column, say) and a file of which no row was accepted (exit 0: the file was read)."""
+    notes = []
+    if stats.ignored_columns:
+        notes.append(f"{stats.table}: ignored columns that map to no column of the table: {', '.join(stats.ignored_columns)}"
+                     f" (rename with --map SRC=DST; columns: {', '.join(f.name for f in schema_of(stats.table))})")
+    if stats.read and not stats.accepted and stats.quarantined:
+        notes.append(f"{stats.table}: no row accepted, all {stats.quarantined:,} quarantined; the reasons below say why"
+                     f" (python -m jobs.quarantine --table {stats.table} lists them)")
+    return notes
 
 
 def run(config: IngestConfig) -> IngestResult:
@@ -103,14 +116,7 @@ def run(config: IngestConfig) -> IngestResult:
                 raise  # a bug: main_wrapper writes its traceback to a log file
             raise JobError(f"cannot ingest {src.table} from {config.path}: {describe(exc)}") from exc
         tables.append(stats)
-        if stats.ignored_columns:  # said even when quiet: a column a user meant to load may be misnamed
-            note = (f"{stats.table}: ignored columns that map to no column of the table: {', '.join(stats.ignored_columns)}"
-                    f" (rename with --map SRC=DST; columns: {', '.join(f.name for f in schema_of(stats.table))})")
-            warnings.append(note)
-            print(f"jobs.ingest: warning: {note}", file=sys.stderr)
-        if stats.read and not stats.accepted and stats.quarantined:  # exit 0 (the file was read), but say it loudly
-            note = (f"{stats.table}: no row accepted, all {stats.quarantined:,} quarantined; the reasons below say why"
-                    f" (python -m jobs.quarantine --table {stats.table} lists them)")
+        for note in table_warnings(stats):  # said even when quiet: the user has something to fix
             warnings.append(note)
             print(f"jobs.ingest: warning: {note}", file=sys.stderr)
         if not config.quiet:

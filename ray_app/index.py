@@ -177,7 +177,8 @@ def fts_columns_indexed(tbl) -> list[str]:
     return sorted(c for i in tbl.list_indices() if i.index_type.upper() in ("FTS", "INVERTED") for c in i.columns)
 
 
-def _sql_list(ids: Sequence[str]) -> str:
+def sql_list(ids: Sequence[str]) -> str:
+    """Values as a quoted SQL list for `IN (...)` predicates."""
     return ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
 
 
@@ -193,7 +194,7 @@ def fts_search(tbl, query: str, columns: Sequence[str], limit: int,
     if restrict_to is not None:
         if not restrict_to:
             return []
-        builder = builder.where(f"product_id IN ({_sql_list(restrict_to)})", prefilter=True)
+        builder = builder.where(f"product_id IN ({sql_list(restrict_to)})", prefilter=True)
     rows = builder.select(["product_id", "_score"]).limit(limit).to_arrow()
     return list(zip(rows["product_id"].to_pylist(), rows["_score"].to_pylist()))
 

@@ -21,8 +21,10 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.records import ESCI_GAIN
+
 ESCI_SPEC = "esci"
-_ESCI_GAINS: dict[str, float] = {"E": 3.0, "S": 2.0, "C": 1.0, "I": 0.0}
+_ESCI_GAINS: dict[str, float] = {k: float(v) for k, v in ESCI_GAIN.items()}
 _NUMERIC = re.compile(r"^numeric:\s*(-?\d+(?:\.\d+)?)\s*(?:-|\.\.|to)\s*(-?\d+(?:\.\d+)?)$", re.IGNORECASE)
 
 

@@ -169,7 +169,7 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
     read = staged.num_rows
     is_ok = pc.equal(staged.column("_status"), "ok")
     ok, bad = staged.filter(is_ok), staged.filter(pc.invert(is_ok))
-    ignored = sorted({c for cols in ok.column(IGNORED_KEY).to_pylist() + bad.column(IGNORED_KEY).to_pylist() for c in cols or []})
+    ignored = sorted({c for cols in ok.column(IGNORED_KEY).to_pylist() for c in cols or []})  # set by the cleaner on accepted rows
     if table == "events":
         ok = number_repeats(ok)
     accepted, duplicates = dedup_latest(ok, TABLE_KEYS[table])

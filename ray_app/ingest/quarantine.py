@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from ray_app.ingest.clean import EXTRA_INPUTS, CleanContext, apply_mapping
 from ray_app.privacy import pseudonymise, pseudonymise_session, seal
@@ -44,22 +44,29 @@ def redact_personal(raw: str, data: Optional[dict], reason: str, ctx: CleanConte
     ids: dict[str, str] = {}
     for name, fn in PERSONAL_FIELDS[ctx.table].items():
         value = normalize_text(str(mapped.get(name) or ""))
-        if value:  # replaced as written and as normalised, longest first
+        if value:  # replaced as written and as normalised
             ids[str(mapped[name])] = ids[value] = fn(value, ctx)
-    ids = dict(sorted(ids.items(), key=lambda kv: -len(kv[0])))
-    ids = {raw_id: alias for raw_id, alias in ids.items() if raw_id != alias}  # a configured name stays
+    # longest first, so a normalised id inside its padded spelling is not replaced half-way; a configured name stays
+    replacements = sorted(((raw_id, alias) for raw_id, alias in ids.items() if raw_id != alias), key=lambda kv: -len(kv[0]))
+
+    def scrub(text: str) -> str:  # an id may also sit in another field (a shifted column, a free-text note)
+        for raw_id, alias in replacements:
+            text = text.replace(raw_id, alias)
+        return text
+
     # only the table's own columns are readable; any other column (an e-mail, a name) stays sealed alone
     readable = set(TABLE_MODELS[ctx.table].model_fields) | EXTRA_INPUTS.get(ctx.table, set())
-    redacted = {}
-    for name, value in ((k, v) for k, v in mapped.items() if k in readable):
-        # an id may also sit in another field (a shifted column, a free-text note): replace it in every value
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-        for raw_id, alias in ids.items():
-            text = text.replace(raw_id, alias)
-        redacted[name] = text if isinstance(value, str) or text != json.dumps(value, ensure_ascii=False, default=str) else value
-    for raw_id, alias in ids.items():
-        reason = reason.replace(raw_id, alias)
-    return json.dumps(redacted, ensure_ascii=False, default=str), reason, sealed
+    redacted: dict[str, Any] = {}
+    for name, value in mapped.items():
+        if name not in readable:
+            continue
+        if isinstance(value, str):
+            redacted[name] = scrub(value)
+        else:  # a number or a list stays as it is unless an id hides in it
+            dumped = json.dumps(value, ensure_ascii=False, default=str)
+            scrubbed = scrub(dumped)
+            redacted[name] = value if scrubbed == dumped else scrubbed
+    return json.dumps(redacted, ensure_ascii=False, default=str), scrub(reason), sealed
 
 
 # Values that vary from row to row inside otherwise equal reasons: quoted literals, sizes, positions.

@@ -154,8 +154,6 @@ def csv_records(texts: list[str], delimiter: str = ",") -> Iterator[tuple[int, i
                     i = feed.pos
                 break
             yield start, feed.pos, fields, ""
-        else:  # pragma: no cover - the inner loop always breaks or returns
-            return
 
 
 def parse_csv(source: str, payload: bytes, delimiter: str = ",", encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:

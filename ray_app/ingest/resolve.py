@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_app.ids import stable_id
+from ray_app.index import sql_list
 from ray_app.ingest.clean import DERIVED_COLUMNS, PARTIAL_TABLES, product_missing_fields
 
 READ_ORDER = [("_source", "ascending"), ("_row", "ascending"), ("_sub", "ascending")]
@@ -93,8 +94,7 @@ def merge_partial(table: str, rows: pa.Table, key: str, read_stored: Callable[[l
 
 def keys_filter(key: str, values: list[str]) -> str:
     """A SQL predicate `key IN (...)` with the values quoted."""
-    quoted = ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
-    return f"{key} IN ({quoted})"
+    return f"{key} IN ({sql_list(values)})"
 
 
 SPLIT_TABLES = ("queries", "judgments")
