@@ -3,13 +3,16 @@
   python -m jobs.evaluate --db DIR [--dataset esci] [--split test] [--snapshot NAME]
          [--baseline minilm|none] [--retriever retriever@production] [--ranker ranker@production ...]
          [--intent-model intent_entity@production] [--rerank-depth 50] [--ann] [--out eval.json]
+         [--fusion fusion@production]
 
 Systems (one run, the same queries): BM25 (LanceDB FTS over title and brand), the
 untuned bi-encoder (`--baseline`, all-MiniLM-L6-v2 by default), the fine-tuned bi-encoder
 (`--retriever`), hybrid (reciprocal-rank fusion of BM25 and the best bi-encoder), and the
 fine-tuned cross-encoder (`--ranker`) re-ranking the top `--rerank-depth` of the hybrid (or of the
 retriever with --rerank-base retriever); with --rerank-fusion also the re-ranking stage that fuses
-the cross-encoder's order with the candidates' first-stage order (RRF). Protocols are described in `ray_app/evaluation.py`.
+the cross-encoder's order with the candidates' first-stage order (RRF); with --fusion also
+`hybrid:<version>`, the hybrid fused by fitted settings from the registry (`jobs.fuse`).
+Protocols are described in `ray_app/evaluation.py`.
 Vector search is exact brute force by default (models compare without index error); product
 vectors come from the table when they were made by the same model from the same text, else they
 are encoded here. With --snapshot every table is read as the snapshot pinned it, products
@@ -44,6 +47,7 @@ from ray_app.labeling.resolve import RANK_COLUMNS, resolve
 from ray_app.store import Store, StoreError, utcnow
 from schemas.grades import ESCI, GradeScale
 from schemas.evaluation import EvaluateConfig, EvaluateResult
+from schemas.fusion import FusionSpec
 
 def _read(store: Store, config: EvaluateConfig, table: str, columns: list[str]) -> list[dict[str, Any]]:
     try:
@@ -170,7 +174,9 @@ def build_systems(config: EvaluateConfig, tbl, products: pa.Table, texts: dict[s
         dense[role] = systems[encoder.key] = Dense(encoder, products, texts, tbl, config.ann, log)
     best = dense.get("retriever") or dense.get("baseline")
     if "bm25" in systems and best is not None:
-        systems["hybrid"] = Hybrid(systems["bm25"], best, config.rrf_k)
+        systems["hybrid"] = Hybrid(systems["bm25"], best, FusionSpec(rrf_k=config.rrf_k))
+    if config.fusion:
+        fitted_hybrid(config, systems, best, skipped, notes)
     if not config.ranker:
         skipped["ranker"] = "not given (--ranker NAME)"
         return systems
@@ -188,6 +194,23 @@ def build_systems(config: EvaluateConfig, tbl, products: pa.Table, texts: dict[s
             if config.rerank_fusion:
                 systems[f"rerank+rrf:{ranker.version.name}"] = RerankFusion(rerank, config.rrf_k)
     return systems
+
+
+def fitted_hybrid(config: EvaluateConfig, systems: dict[str, Any], best: Optional[Dense], skipped: dict[str, str],
+                  notes: list[str]) -> None:
+    """Add `hybrid:<fusion version>`: BM25 and the best bi-encoder fused as --fusion's registry version says."""
+    from ray_app.registry import Registry
+
+    spec, version = Registry(config.models_dir).load_fusion(config.fusion)
+    name = f"hybrid:{version.name}"
+    if "bm25" not in systems or best is None:
+        skipped[name] = "needs BM25 and a bi-encoder"
+        return
+    systems[name] = fitted = Hybrid(systems["bm25"], best, spec)
+    fitted.about = (f"{spec.describe()}: fusion of BM25 and {best.encoder.key}, registry {version.name} "
+                    f"(--fusion {config.fusion}; fitted for {version.base_model} on snapshot {version.snapshot})")
+    if version.base_model != best.encoder.key:
+        notes.append(f"{name} was fitted for {version.base_model}, here it fuses BM25 with {best.encoder.key}")
 
 
 def draw_plots(report_dir: Path, stem: str, judged_out: dict, full_out: dict, comparisons: dict,

@@ -183,8 +183,9 @@ def sql_list(ids: Sequence[str]) -> str:
 
 
 def fts_search(tbl, query: str, columns: Sequence[str], limit: int,
-               restrict_to: Optional[Sequence[str]] = None) -> list[tuple[str, float]]:
-    """BM25 (product_id, score) best first; `restrict_to` limits the search to those product ids."""
+               restrict_to: Optional[Sequence[str]] = None, where: Optional[str] = None) -> list[tuple[str, float]]:
+    """BM25 (product_id, score) best first; `restrict_to` limits the search to those product ids,
+    `where` (LanceDB SQL) to the products it selects."""
     from lancedb.query import MatchQuery, MultiMatchQuery
 
     if not query or not query.strip() or limit <= 0:
@@ -194,16 +195,20 @@ def fts_search(tbl, query: str, columns: Sequence[str], limit: int,
     if restrict_to is not None:
         if not restrict_to:
             return []
-        builder = builder.where(f"product_id IN ({sql_list(restrict_to)})", prefilter=True)
+        where = f"product_id IN ({sql_list(restrict_to)})" + (f" AND ({where})" if where else "")
+    if where:
+        builder = builder.where(where, prefilter=True)
     rows = builder.select(["product_id", "_score"]).limit(limit).to_arrow()
     return list(zip(rows["product_id"].to_pylist(), rows["_score"].to_pylist()))
 
 
 def vector_search(tbl, vector: np.ndarray, limit: int, nprobes: int = DEFAULT_NPROBES,
-                  refine_factor: Optional[int] = DEFAULT_REFINE_FACTOR) -> list[tuple[str, float]]:
-    """Nearest products by cosine through the table's index (flat scan when it has none)."""
+                  refine_factor: Optional[int] = DEFAULT_REFINE_FACTOR, where: Optional[str] = None) -> list[tuple[str, float]]:
+    """Nearest products by cosine through the table's index (flat scan when it has none), prefiltered by `where`."""
     builder = tbl.search(np.asarray(vector, dtype=np.float32), vector_column_name=VECTOR_COLUMN).distance_type("cosine")
     builder = builder.nprobes(nprobes)
+    if where:
+        builder = builder.where(where, prefilter=True)
     if refine_factor:
         builder = builder.refine_factor(refine_factor)
     rows = builder.select(["product_id", "_distance"]).limit(limit).to_arrow()

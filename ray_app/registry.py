@@ -8,7 +8,8 @@ a shared contract of data tables. Writes hold an fcntl lock and replace the file
 so concurrent training jobs never hand out the same version. Aliases (production,
 candidate...) are per task: `production` of the ranker and of intent_entity are different
 models; `resolve("intent_entity@production")` names one, a bare alias works when only one
-task has it, and `<task>@latest` is the newest version.
+task has it, and `<task>@latest` is the newest version. Besides the trained tasks, `fusion`
+versions record the hybrid's fitted fusion settings (`fusion.json`, no weights; `jobs.fuse`).
 """
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ray_app.cli import JobError
 from schemas.config import MODELS_ENV, default_workspace
+from schemas.fusion import FUSION_FILE, FUSION_TASK, FusionSpec
 from schemas.training import TASKS, ModelVersion
 
 MODELS_DIR_ENV = MODELS_ENV
 REGISTRY_FILE = "registry.json"
 _NAME = re.compile(r"^(?P<task>[a-z_]+)-v(?P<version>\d+)$")
+REGISTRY_TASKS: tuple[str, ...] = TASKS + (FUSION_TASK,)  # trained models, and fitted fusion settings
 
 
 class RegistryError(JobError):
@@ -75,8 +78,8 @@ class Registry:
     # -- writing ---------------------------------------------------------------------------
     def add(self, task: str, save: Callable[[Path], dict[str, Any]], **fields: Any) -> ModelVersion:
         """Allocate `<task>-v<n>`, call `save(folder)` (returns extra fields, e.g. sizes), record it."""
-        if task not in TASKS:
-            raise RegistryError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        if task not in REGISTRY_TASKS:
+            raise RegistryError(f"unknown task {task!r}; known: {', '.join(REGISTRY_TASKS)}")
         with self._locked() as data:
             taken = [int(m["version"]) for m in data["versions"].values() if m["task"] == task]
             taken += [int(m.group("version")) for p in self.root.iterdir()
@@ -119,6 +122,8 @@ class Registry:
         if len(names) < 2:
             raise RegistryError(f"a soup needs at least two different versions, got {', '.join(names) or 'none'}")
         versions = [self.get(n) for n in names]
+        if any(v.task == FUSION_TASK for v in versions):
+            raise RegistryError("fusion settings have no weights to average; a soup takes trained models")
         first = versions[0]
         loaded = [load_saved_model(v.path, merge=True, device="cpu") for v in versions]
         for v, (_, _, meta) in zip(versions[1:], loaded[1:]):
@@ -204,9 +209,22 @@ class Registry:
         from ray_app.models.lora import load_saved_model
 
         version = self.resolve(name_or_alias, task)
+        if version.task == FUSION_TASK:
+            raise RegistryError(f"{version.name} holds fusion settings, not a model: use Registry.load_fusion")
         model, tokenizer, meta = load_saved_model(version.path, merge=merge, device=device)
         max_length = meta.get("max_length") or version.config.get("max_length") or 64
         return LoadedModel(model=model, tokenizer=tokenizer, version=version, max_length=int(max_length))
+
+    def load_fusion(self, name_or_alias: str) -> tuple[FusionSpec, ModelVersion]:
+        """A fusion version's spec (its fusion.json) and record; `fusion@production` style aliases work."""
+        version = self.resolve(name_or_alias, FUSION_TASK)
+        if version.task != FUSION_TASK:
+            raise RegistryError(f"{version.name} is a {version.task} model, not fusion settings (task {FUSION_TASK})")
+        path = Path(version.path) / FUSION_FILE
+        try:
+            return FusionSpec.model_validate_json(path.read_text()), version
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"{version.name}: cannot read its fusion spec {path}: {exc}") from exc
 
 
 @dataclass

@@ -181,7 +181,20 @@ class MainConfig(JobConfig):
     report_dir: Optional[str] = workspace_path("reports", "data quality and evaluation reports")
     models: bool = Field(True, description="go on after the snapshot: train the intent+entity model (LoRA), embed the catalogue, evaluate")
     train_epochs: int = Field(2, ge=1, description="epochs of the main job's small training run")
+    ranker_examples: int = Field(2000, ge=1, description="training examples of the main job's one-epoch ranker")
     models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
+    serve: bool = Field(True, description="end by starting the search app on Ray Serve and answering over HTTP")
+    keep_serving: bool = Field(False, description="keep the app up after the main job (until Ctrl-C)")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the search app")
 
 
 KEYS = TABLE_KEYS
+
+
+class SuggestConfig(JobConfig):
+    """jobs.suggest: build the autocomplete tables (no Ray work; --ray-address/--num-cpus are accepted and unused)."""
+
+    min_query_users: int = Field(2, ge=1, description="distinct users who must have searched a query before it is suggested to anyone")
+    max_digit_run: int = Field(4, ge=0, description="queries holding a longer run of digits (order, phone, postal numbers) are never suggested")
+    min_line_products: int = Field(2, ge=1, description="products a product line (brand + category, brand + title words) must cover")
+    affinity_top: int = Field(5, ge=1, description="brands and categories kept per user for personalisation (each)")

@@ -74,6 +74,8 @@ class EvaluateConfig(JobConfig):
     ranker: list[str] = Field(default_factory=list, description="fine-tuned cross-encoder: registry version or alias; "
                                                                 "repeat to compare several over the same candidates")
     intent_model: Optional[str] = Field(None, description="joint intent + entity model: registry version or alias")
+    fusion: Optional[str] = Field(None, description="also score the hybrid with these fitted fusion settings: a registry "
+                                                    "fusion version or alias (fusion@production; python -m jobs.fuse)")
     models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
     fts_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_FTS_COLUMNS),
                                    description="columns BM25 searches (each needs an FTS index: run jobs.embed)")
@@ -119,4 +121,60 @@ class EvaluateResult(BaseModel):
     notes: list[str] = Field(default_factory=list)
     report_path: str
     out_path: str
+    seconds: float
+
+
+class FuseConfig(JobConfig):
+    """`python -m jobs.fuse`: fit the hybrid's fusion of BM25 and an encoder on validation queries, register it."""
+
+    snapshot: str = Field(..., description="dataset snapshot whose queries and judgments the fusion is fitted on")
+    retriever: str = Field("minilm", description="encoder fused with BM25: minilm, a retriever registry version "
+                                                 "or alias, a folder")
+    split: str = Field("validation", description="split fitted on; validation is carved from train (by the training "
+                                                 "job's query hash) when the snapshot has none")
+    dataset: str = Field("", description="only queries of this dataset (queries.dataset); '' = all")
+    validation_fraction: Optional[float] = Field(None, gt=0, lt=0.9, description="share of train queries carved off "
+                                                 "(default: the retriever version's training setting, else 0.1)")
+    seed: Optional[int] = Field(None, description="seed of the carve's query hash (default: the retriever's, else 13)")
+    methods: list[Literal["rrf", "minmax", "zscore"]] = Field(default_factory=lambda: ["rrf", "minmax", "zscore"],
+                                                              description="fusion methods tried")
+    weight_step: float = Field(0.05, gt=0, le=0.5, description="grid step of the dense list's share of the weight, 0 to 1")
+    rrf_ks: list[int] = Field(default_factory=lambda: [10, 30, 60], description="rrf constants tried")
+    depth: int = Field(100, ge=1, description="products each list holds per query (jobs.evaluate's --recall-k)")
+    k: int = Field(10, ge=1, description="cut-off of the NDCG@k maximised (full catalogue)")
+    fts_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_FTS_COLUMNS), description="columns BM25 searches")
+    models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
+    alias: Optional[str] = Field(None, description="alias to point at the new fusion version (e.g. candidate)")
+    top: int = Field(8, ge=1, description="settings shown in the printed table, best first")
+    batch_size: int = Field(64, ge=1, description="encoder batch size")
+
+    @field_validator("rrf_ks")
+    @classmethod
+    def _positive(cls, ks: list[int]) -> list[int]:
+        if not ks or min(ks) < 1:
+            raise ValueError(f"rrf_ks must be one or more integers >= 1; got {ks}")
+        return ks
+
+
+class FuseResult(BaseModel):
+    """What `jobs.fuse` prints as its last line."""
+
+    ok: bool = True
+    fusion_version: str
+    alias: Optional[str] = None
+    spec: dict[str, Any]
+    about: str
+    fitted_for: str  # the encoder key fused with BM25
+    snapshot: str
+    split: str
+    carved: bool  # the validation split was carved from train here
+    queries: int
+    metric: str
+    chosen: float  # validation figure of the chosen setting
+    rrf_default: float  # of today's hybrid (rrf k=60, equal weights)
+    bm25_only: float
+    dense_only: float
+    tried: int
+    top: list[dict[str, Any]] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
     seconds: float

@@ -7,7 +7,7 @@ encoding the queries), `judged(query, product_ids)` -> scores (None = cannot sco
 `retrieve(query, depth)` -> ranked product ids over the whole catalogue.
 """
 from ray_app.search.candidates import BM25, Dense, product_matrix
-from ray_app.search.fusion import Hybrid, RerankFusion
+from ray_app.search.fusion import Hybrid, RerankFusion, fuse
 from ray_app.search.rerank import Rerank
 
-__all__ = ["BM25", "Dense", "Hybrid", "Rerank", "RerankFusion", "product_matrix"]
+__all__ = ["BM25", "Dense", "Hybrid", "Rerank", "RerankFusion", "fuse", "product_matrix"]

@@ -24,8 +24,12 @@ class BM25:
     def judged(self, q: dict, pids: list[str]) -> dict[str, Optional[float]]:
         return dict(fts_search(self.tbl, q["text"], self.columns, len(pids), restrict_to=pids))
 
+    def search(self, text: str, depth: int, where: Optional[str] = None) -> list[tuple[str, float]]:
+        """(product_id, BM25 score) best first, prefiltered by a LanceDB `where` when given."""
+        return fts_search(self.tbl, text, self.columns, depth, where=where)
+
     def retrieve(self, q: dict, depth: int) -> list[str]:
-        return [p for p, _ in fts_search(self.tbl, q["text"], self.columns, depth)]
+        return [p for p, _ in self.search(q["text"], depth)]
 
 
 class Dense:
@@ -49,11 +53,23 @@ class Dense:
         sims = self.matrix[[self.row[p] for p in pids]] @ self.qvec[q["query_id"]]
         return dict(zip(pids, sims.tolist()))
 
-    def retrieve(self, q: dict, depth: int) -> list[str]:
+    def search(self, vector: np.ndarray, depth: int, mask: Optional[np.ndarray] = None,
+               where: Optional[str] = None) -> list[tuple[str, float]]:
+        """(product_id, cosine) best first over the products `mask` keeps (the ANN path takes the same
+        filter as a LanceDB `where`); ties broken by catalogue row, so the order is deterministic."""
         if self.ann:
-            return [p for p, _ in vector_search(self.tbl, self.qvec[q["query_id"]], depth)]
-        idx, _ = exact_search(self.matrix, self.qvec[q["query_id"]], depth)
-        return [self.ids[i] for i in idx[0]]
+            return vector_search(self.tbl, vector, depth, where=where)
+        if mask is None:
+            idx, scores = exact_search(self.matrix, vector, depth)
+            return [(self.ids[i], float(s)) for i, s in zip(idx[0], scores[0])]
+        rows = np.flatnonzero(mask)
+        if rows.size == 0:
+            return []
+        idx, scores = exact_search(self.matrix[rows], vector, depth)
+        return [(self.ids[rows[i]], float(s)) for i, s in zip(idx[0], scores[0])]
+
+    def retrieve(self, q: dict, depth: int) -> list[str]:
+        return [p for p, _ in self.search(self.qvec[q["query_id"]], depth)]
 
 
 def product_matrix(encoder, products: pa.Table, texts: dict[str, str], log) -> tuple[np.ndarray, int]:

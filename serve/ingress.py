@@ -1,0 +1,176 @@
+"""The HTTP front door (FastAPI through `@serve.ingress`): validates requests against the
+contracts in `schemas/api.py`, calls the stages through `DeploymentHandle`s — passing one stage's
+`DeploymentResponse` straight into the next — and returns typed responses. It does no model work.
+
+Business rules run here, after ranking, so they hold even when the ranker is degraded (an
+out-of-stock exclusion must never be skipped because a model was slow). A failing or overloaded
+ranker gives the first stage's order, flagged in `degraded`; a failing understanding stage gives
+a search without entities, flagged too. A full queue answers 503 with `Retry-After`.
+"""
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from ray_app.privacy import pseudonymise, resolve_key
+from schemas.api import (MAX_PREFIX_CHARS, MAX_SUGGESTIONS, ErrorResponse, HealthResponse, SearchRequest,
+                         SearchResponse, SuggestResponse, UnderstandRequest, UnderstandResponse)
+from schemas.serving import ServeAppConfig
+from serve.errors import install_error_handlers, json_error
+from serve.metrics import AppMetrics
+from serve.ranking import assign_arm, final_hits
+
+STATIC = Path(__file__).resolve().parent / "static"
+api = FastAPI(title="shop search", version="1", description="Search, understanding and suggestions for an online shop "
+              "(Ray Serve graph: understand -> retrieve -> rank -> rules).",
+              responses={422: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+install_error_handlers(api)
+
+
+def _public_understanding(u: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    if not u:
+        return None
+    return {k: u.get(k) for k in ("intent", "raw_intent", "confidence", "entities", "version") if u.get(k) is not None}
+# (defined above the class: @serve.ingress serialises the class when it is decorated)
+
+
+@serve.deployment(
+    name="SearchIngress",
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=64,
+    max_queued_requests=128,
+    autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
+)
+@serve.ingress(api)
+class SearchIngress:
+    def __init__(self, config: dict[str, Any], understanding: DeploymentHandle, retriever: DeploymentHandle,
+                 ranker: Optional[DeploymentHandle], suggest: Optional[DeploymentHandle]):
+        from ray_app.search.rules import load_rules
+
+        self.config = ServeAppConfig(**config)
+        self.understanding, self.retriever, self.ranker, self.suggester = understanding, retriever, ranker, suggest
+        self.rules = load_rules(self.config.rules) if self.config.rules else None
+        self.key, _ = resolve_key()
+        self.metrics = AppMetrics()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        from ray_app.search.rules import load_rules
+
+        if user_config.get("rules"):
+            self.rules = load_rules(str(user_config["rules"]))
+
+    def _arm(self, req: SearchRequest) -> str:
+        exp = self.config.experiment
+        if not exp:
+            return "production" if self.ranker is not None else ""
+        unit = req.user_id if exp.unit == "user" else req.session_id
+        unit = unit or req.session_id or req.query  # anonymous and session-less: by query, still stable
+        return assign_arm(pseudonymise(unit, self.key), exp)  # the same unit feedback events will carry
+
+    @api.post("/v1/search", response_model=SearchResponse, response_model_exclude_none=True)
+    async def search(self, req: SearchRequest, request: Request) -> Any:
+        started = time.perf_counter()
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        timings: dict[str, float] = {}
+        degraded: list[str] = []
+        understood = self.understanding.understand.remote(req.query)
+        body = req.model_dump(mode="json", exclude={"user_id", "session_id"})
+        first_resp = self.retriever.retrieve.remote(body, understood)
+        try:
+            first = await first_resp
+        except BackPressureError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - understanding failed: search without it
+            degraded.append(f"understanding: {type(exc).__name__}")
+            first_resp = self.retriever.retrieve.remote(body, None)
+            first = await first_resp
+        timings["retrieve"] = round((time.perf_counter() - started) * 1000, 2)
+        understanding = await self._understanding(understood, degraded)
+        arm = self._arm(req)
+        ranked = None
+        if self.ranker is not None and first["candidates"]:
+            t0 = time.perf_counter()
+            try:
+                ranked = await asyncio.wait_for(self.ranker.rank.remote(req.query, first_resp, arm),
+                                                self.config.ranker_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - overloaded, slow or failed ranker: first-stage order, flagged
+                degraded.append(f"ranker: {type(exc).__name__}")
+                self.metrics.degraded("ranker")
+            timings["rank"] = round((time.perf_counter() - t0) * 1000, 2)
+        elif self.ranker is None:
+            degraded.append("ranker: disabled")
+        hits, total, rules_applied = await final_hits(req, first, ranked, understanding, self.rules, self.retriever)
+        versions = {"understanding": (understanding or {}).get("version", ""), "retriever": first.get("version", ""),
+                    "catalogue": str(first.get("catalogue_version", ""))}
+        if ranked:
+            versions["ranker"] = ranked["version"]
+        if self.rules is not None:
+            versions["rules"] = self.rules.version
+        degraded += first.get("degraded", []) + ([understanding["degraded"]] if (understanding or {}).get("degraded") else [])
+        timings["total"] = round((time.perf_counter() - started) * 1000, 2)
+        self.metrics.search(timings, zero=total == 0)
+        return SearchResponse(request_id=rid, query=req.query, results=hits, page=req.page, size=req.size, total=total,
+                              understanding=_public_understanding(understanding), filters_applied=first.get("filters_applied", {}),
+                              rules_applied=rules_applied, versions=versions, arm=ranked["arm"] if ranked else arm,
+                              degraded=degraded, timings_ms=timings,
+                              served_by={"retriever": first.get("replica", ""), "ranker": (ranked or {}).get("replica", "")}
+                              if req.explain else None)
+
+    async def _understanding(self, understood, degraded: list[str]) -> Optional[dict[str, Any]]:
+        try:
+            return await asyncio.wait_for(understood, self.config.understanding_timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            degraded.append(f"understanding: {type(exc).__name__}")
+            return None
+
+    @api.post("/v1/understand", response_model=UnderstandResponse)
+    async def understand(self, req: UnderstandRequest, request: Request) -> Any:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        out = await self.understanding.understand.remote(req.query)
+        if out.get("degraded"):
+            return json_error(503, "understanding unavailable", [("query", out["degraded"])], rid, retry_after=1)
+        return UnderstandResponse(request_id=rid, **_public_understanding(out))
+
+    @api.get("/v1/suggest", response_model=SuggestResponse)
+    async def suggest(self, request: Request, q: str = Query(..., min_length=1, max_length=MAX_PREFIX_CHARS),
+                      user_id: Optional[str] = Query(None, max_length=128),
+                      size: int = Query(10, ge=1, le=MAX_SUGGESTIONS)) -> Any:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        if self.suggester is None:
+            return json_error(404, "suggestions are off (suggest: false)", [("q", "no Suggest deployment")], rid)
+        if not q.strip():
+            return json_error(422, "validation failed", [("q", "prefix is empty")], rid)
+        uid = pseudonymise(user_id, self.key) if user_id else None
+        out = await self.suggester.suggest.remote(q, uid, size)
+        self.metrics.count("suggest", 200)
+        return SuggestResponse(request_id=rid, prefix=q, suggestions=out["suggestions"], version=out["version"])
+
+    @api.get("/healthz", response_model=HealthResponse)
+    async def healthz(self) -> Any:
+        stages = {"QueryUnderstanding": self.understanding, "Retriever": self.retriever, "Ranker": self.ranker,
+                  "Suggest": self.suggester}
+        out: dict[str, dict] = {}
+        for name, handle in stages.items():
+            if handle is None:
+                continue
+            try:
+                out[name] = await asyncio.wait_for(handle.health.remote(), 5.0)
+            except Exception as exc:  # noqa: BLE001
+                out[name] = {"ready": False, "detail": f"{type(exc).__name__}: {exc}"}
+        ok = all(d.get("ready") for d in out.values())
+        return JSONResponse(HealthResponse(ok=ok, deployments=out).model_dump(), status_code=200 if ok else 503)
+
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> Any:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+__all__ = ["SearchIngress", "api"]

@@ -1,0 +1,49 @@
+"""Serve, started once per test session on the session's local Ray, over the tiny shop of
+`serve_shop.py`, and shut down at the end."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+SERVE_TEST_OPTIONS = {  # small CPU reservations: the test Ray has 2 CPUs for the whole graph
+    "QueryUnderstanding": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+    "Retriever": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
+    "Ranker": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
+    "Suggest": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+    "SearchIngress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+}
+
+
+EXPERIMENT = {"name": "ranker-ab-test", "unit": "user",
+              "arms": {"control": {"model": "ranker@production", "share": 0.9},
+                       "treatment": {"model": "ranker@candidate", "share": 0.1}}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_shop(tmp_path_factory):
+    from tests.integration.serve_shop import build
+
+    return build(tmp_path_factory.mktemp("serve-shop"))
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_session, tiny_shop):
+    """The search app on the tiny shop: its base URL and the shop's details."""
+    from ray import serve
+
+    from schemas.serving import ServeAppConfig
+    from serve.run import start
+
+    config = ServeAppConfig(db=tiny_shop["db"], models_dir=tiny_shop["models_dir"], workspace=str(tiny_shop["root"]),
+                            encoder="tiny-bert", rules=tiny_shop["rules"], experiment=EXPERIMENT, torch_threads=1, reload_s=1.0, refresh_s=1.0,
+                            shadow_model="ranker@candidate", deployments=SERVE_TEST_OPTIONS)
+    base = start(config, "127.0.0.1", free_port(), timeout_s=240)
+    yield {"url": base, "config": config, **tiny_shop}
+    serve.shutdown()
