@@ -4,8 +4,12 @@
   -> import human annotations (train/validation queries) and the gold labels of the test split
   -> snapshot + data quality report
   -> train the joint intent+entity model (MiniLM + LoRA, Ray Train) -> embed the catalogue
-     (Ray Data actor pool, BM25 + vector index) -> evaluate on the held-out test split: the model
-     against the generator's gold labels, BM25 / the encoder / hybrid against its judgments
+     (Ray Data actor pool, BM25 + vector index) -> train the cross-encoder ranker on the behaviour
+     labels -> evaluate on the held-out test split: the intent model against the generator's gold
+     labels, BM25 / the encoder / hybrid / the re-ranker against its judgments
+  -> build the suggestions -> promote both models to `production` -> start the search app on Ray
+     Serve, answer a search, an understand and a suggest request over HTTP, print what to curl
+     (`--keep-serving` keeps it up until Ctrl-C; `--no-serve` stops after the evaluation)
   (`--no-models` stops after the snapshot)
 
 Local Ray, and every output (LanceDB, demo files, reports, checkpoints, models, logs) under one
@@ -44,6 +48,9 @@ class MainResult(BaseModel):
     scored_against: dict[str, dict[str, int]] = {}  # per task, labels by source:annotator (human:gold in the demo)
     search: dict = {}  # BM25, encoder, hybrid on the judged test queries: {"judged_list": .., "full_catalogue": ..}
     eval_report: Optional[str] = None
+    ranker_version: Optional[str] = None
+    suggestions: int = 0
+    served: dict = {}  # the app's URL and its answers to one search, understand and suggest request
 
 
 class Progress:
@@ -72,7 +79,7 @@ def run(config: MainConfig) -> MainResult:
     common = stage_settings(config)
     db = str(config.db)
     demo = Path(str(config.demo_dir))
-    progress = Progress(13 if config.models else 10)
+    progress = Progress((16 if config.serve else 14) if config.models else 10)
     init_ray(config.ray_address, config.num_cpus, quiet=True, verbose=config.verbose)
     progress.run("generate synthetic shop", lambda: generate.run(GenerateConfig(
         workspace=config.workspace, out=str(demo), seed=config.seed, products=config.products, queries=config.queries,
@@ -107,8 +114,54 @@ def run(config: MainConfig) -> MainResult:
     print(f"data quality report: {snap.report_path}", file=sys.stderr)
     if result.eval_report:
         print(_figures(result), file=sys.stderr)
-        print(f"model {result.model_version}; evaluation report: {result.eval_report}", file=sys.stderr)
+        print(f"models {result.model_version}, {result.ranker_version}; evaluation report: {result.eval_report}",
+              file=sys.stderr)
+    if config.models and config.serve:
+        _serve(config, progress, result)
     return result
+
+
+def _serve(config: MainConfig, progress: Progress, result: MainResult) -> None:
+    """Suggestions, promotion, then the search app on Serve answering over HTTP."""
+    from jobs import suggest
+    from ray_app.registry import Registry
+    from schemas.config import SuggestConfig
+    from schemas.serving import ServeAppConfig
+    from serve import run as serve_run
+
+    built = progress.run("build suggestions", lambda: suggest.run(SuggestConfig(**stage_settings(config))))
+    result.suggestions = built.suggestions
+    registry = Registry(config.models_dir)
+    for name in (result.model_version, result.ranker_version):
+        registry.promote(name, "production")  # the demo's gate: trained and evaluated just above
+    app = ServeAppConfig(workspace=config.workspace, db=config.db, models_dir=config.models_dir,
+                         understanding_model="intent_entity@production", ranker_model="ranker@production",
+                         rules=str(Path(__file__).resolve().parents[1] / "serve" / "rules.yaml"))
+    query = _demo_query(str(config.db))
+    base = progress.run("start the search app (Ray Serve) + answer over HTTP", lambda: serve_run.start(
+        app, "127.0.0.1", config.port, timeout_s=600))
+    result.served = {"url": base, **serve_run.smoke(base, query)}
+    print(f"\nsearch app up at {base} (Ray Serve: understand -> retrieve -> rank -> rules)", file=sys.stderr)
+    print(json.dumps(result.served["search"], default=str), file=sys.stderr)
+    print("try:\n" + serve_run.curl_lines(base, query), file=sys.stderr)
+    if config.keep_serving:
+        print("serving until Ctrl-C (--keep-serving)", file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    else:
+        print("stopping the app (run with --keep-serving to keep it up, or: serve run serve/config.yaml)", file=sys.stderr)
+
+
+def _demo_query(db: str) -> str:
+    """A test-split query of the demo shop with at least two words, to show the app answering."""
+    from ray_app.store import Store
+
+    rows = Store(db).read("queries", columns=["text", "split"]).to_pylist()
+    texts = sorted(r["text"] for r in rows if r["split"] == "test" and len(r["text"].split()) >= 2)
+    return texts[0] if texts else "running shoes"
 
 
 def check_held_out(db: str, gold_file: Path) -> int:
@@ -155,9 +208,14 @@ def _models(config: MainConfig, common: dict, snapshot_name: str, progress: Prog
         cpus_per_worker=float(config.num_cpus or 2), lr=1e-3, lora_r=16, lora_alpha=32, batch_size=16,
         models_dir=config.models_dir, alias="candidate")))
     progress.run("embed catalogue + indexes", lambda: embed.run(EmbedConfig(**common, model="minilm", batch_size=64)))
+    ranker = progress.run("train the ranker (cross-encoder, MiniLM + LoRA, behaviour labels)", lambda: train.run(TrainConfig(
+        **common, task="ranker", snapshot=snapshot_name, epochs=1, num_workers=1,
+        cpus_per_worker=float(config.num_cpus or 2), max_train_examples=config.ranker_examples, max_length=64,
+        models_dir=config.models_dir, alias="candidate")))
+    result.ranker_version = ranker.model_version
     evaluated = progress.run("evaluate", lambda: evaluate.run(EvaluateConfig(
         **common, snapshot=snapshot_name, intent_model=trained.model_version, models_dir=config.models_dir,
-        report_dir=config.report_dir)))
+        ranker=[ranker.model_version], report_dir=config.report_dir)))
     result.model_version, result.train_metrics = trained.model_version, trained.metrics
     result.evaluation = getattr(evaluated, "query_understanding", {}) or {}
     result.search = {"judged_list": evaluated.judged_list, "full_catalogue": evaluated.full_catalogue}

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_QUERY_CHARS = 256
 MAX_PAGE_SIZE = 100
 MAX_PAGE = 20  # deeper pages are beyond what a shopper pages through; results stop at MAX_PAGE * size
-MAX_PREFIX_CHARS = 100
+MAX_PREFIX_CHARS = MAX_QUERY_CHARS  # a suggestion is asked for while the query is typed
 MAX_SUGGESTIONS = 20
 MAX_USER_ID_CHARS = 128
 
@@ -130,15 +130,23 @@ class SearchHit(BaseModel):
     explain: Optional[dict[str, StageScore]] = None
 
 
+class FiltersApplied(BaseModel):
+    """The filters the search ran with: the request's merged with what understanding derived."""
+
+    filters: dict[str, Any] = {}
+    derived: list[str] = []  # e.g. "price_range 'under 50' -> price.max 50", or why an entity was ignored
+
+
 class SearchResponse(BaseModel):
     request_id: str
     query: str
     results: list[SearchHit]
     page: int
     size: int
-    total: int  # candidates that passed the filters, up to the retrieval depth
+    total: int  # candidates that passed the filters and the rules' exclusions, at most the retrieval depth
+    facets: dict[str, dict[str, int]] = {}  # brand / category -> value -> count among those `total`
     understanding: Optional[Understanding] = None
-    filters_applied: dict[str, Any] = {}
+    filters_applied: FiltersApplied = FiltersApplied()
     rules_applied: list[str] = []
     versions: dict[str, str] = {}
     arm: str = ""

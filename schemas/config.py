@@ -181,7 +181,7 @@ class MainConfig(JobConfig):
     report_dir: Optional[str] = workspace_path("reports", "data quality and evaluation reports")
     models: bool = Field(True, description="go on after the snapshot: train the intent+entity model (LoRA), embed the catalogue, evaluate")
     train_epochs: int = Field(2, ge=1, description="epochs of the main job's small training run")
-    ranker_examples: int = Field(2000, ge=1, description="training examples of the main job's one-epoch ranker")
+    ranker_examples: int = Field(64, ge=1, description="training queries (lists of 24 products) of the main job's one-epoch ranker")
     models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
     serve: bool = Field(True, description="end by starting the search app on Ray Serve and answering over HTTP")
     keep_serving: bool = Field(False, description="keep the app up after the main job (until Ctrl-C)")

@@ -33,6 +33,22 @@ api = FastAPI(title="shop search", version="1", description="Search, understandi
               "(Ray Serve graph: understand -> retrieve -> rank -> rules).",
               responses={422: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 install_error_handlers(api)
+_metrics: list = []  # one AppMetrics per ingress process, made on the first request (never at import)
+
+
+def app_metrics() -> AppMetrics:
+    if not _metrics:
+        _metrics.append(AppMetrics())
+    return _metrics[0]
+
+
+@api.middleware("http")
+async def count_requests(request: Request, call_next):
+    """Every answer counted by endpoint and status, errors included."""
+    response = await call_next(request)
+    route = getattr(request.scope.get("route"), "path", "unmatched")  # the template: bounded tag values
+    app_metrics().count(route, response.status_code)
+    return response
 
 
 def _public_understanding(u: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
@@ -47,6 +63,7 @@ def _public_understanding(u: Optional[dict[str, Any]]) -> Optional[dict[str, Any
     ray_actor_options={"num_cpus": 0.1},
     max_ongoing_requests=64,
     max_queued_requests=128,
+    backpressure_config={"status_code": 503, "retry_after_s": 1},  # a full queue: 503 + Retry-After
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
 )
 @serve.ingress(api)
@@ -59,7 +76,7 @@ class SearchIngress:
         self.understanding, self.retriever, self.ranker, self.suggester = understanding, retriever, ranker, suggest
         self.rules = load_rules(self.config.rules) if self.config.rules else None
         self.key, _ = resolve_key()
-        self.metrics = AppMetrics()
+        self.metrics = app_metrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         from ray_app.search.rules import load_rules
@@ -105,9 +122,7 @@ class SearchIngress:
                 degraded.append(f"ranker: {type(exc).__name__}")
                 self.metrics.degraded("ranker")
             timings["rank"] = round((time.perf_counter() - t0) * 1000, 2)
-        elif self.ranker is None:
-            degraded.append("ranker: disabled")
-        hits, total, rules_applied = await final_hits(req, first, ranked, understanding, self.rules, self.retriever)
+        final = await final_hits(req, first, ranked, self.rules, self.retriever.lookup.remote)
         versions = {"understanding": (understanding or {}).get("version", ""), "retriever": first.get("version", ""),
                     "catalogue": str(first.get("catalogue_version", ""))}
         if ranked:
@@ -116,10 +131,10 @@ class SearchIngress:
             versions["rules"] = self.rules.version
         degraded += first.get("degraded", []) + ([understanding["degraded"]] if (understanding or {}).get("degraded") else [])
         timings["total"] = round((time.perf_counter() - started) * 1000, 2)
-        self.metrics.search(timings, zero=total == 0)
-        return SearchResponse(request_id=rid, query=req.query, results=hits, page=req.page, size=req.size, total=total,
+        self.metrics.search(timings, zero=final["total"] == 0)
+        return SearchResponse(request_id=rid, query=req.query, page=req.page, size=req.size, **final,
                               understanding=_public_understanding(understanding), filters_applied=first.get("filters_applied", {}),
-                              rules_applied=rules_applied, versions=versions, arm=ranked["arm"] if ranked else arm,
+                              versions=versions, arm=ranked["arm"] if ranked else arm,
                               degraded=degraded, timings_ms=timings,
                               served_by={"retriever": first.get("replica", ""), "ranker": (ranked or {}).get("replica", "")}
                               if req.explain else None)
@@ -135,6 +150,8 @@ class SearchIngress:
     async def understand(self, req: UnderstandRequest, request: Request) -> Any:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         out = await self.understanding.understand.remote(req.query)
+        if out.get("version") == "none":
+            return json_error(404, "understanding is off (understanding_model: none)", [("query", "no model")], rid)
         if out.get("degraded"):
             return json_error(503, "understanding unavailable", [("query", out["degraded"])], rid, retry_after=1)
         return UnderstandResponse(request_id=rid, **_public_understanding(out))
@@ -150,7 +167,6 @@ class SearchIngress:
             return json_error(422, "validation failed", [("q", "prefix is empty")], rid)
         uid = pseudonymise(user_id, self.key) if user_id else None
         out = await self.suggester.suggest.remote(q, uid, size)
-        self.metrics.count("suggest", 200)
         return SuggestResponse(request_id=rid, prefix=q, suggestions=out["suggestions"], version=out["version"])
 
     @api.get("/healthz", response_model=HealthResponse)

@@ -13,19 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any
 
-import numpy as np
 from ray import serve
 
-from ray_app.index import rrf
+from ray_app.search.pipeline import ranked_result, rerank_order
 from ray_app.search.rerank import score_pairs
 from schemas.serving import ServeAppConfig
 from serve.models import ModelSlot, Watcher, batch_settings, set_torch_threads
 
 logger = logging.getLogger("ray.serve")
 TASK = "ranker"
-SCORE_DECIMALS = 4  # pairs padded with other requests' pairs differ in the last bits; rounding keeps orders repeatable
 
 
 def arms_of(config: ServeAppConfig) -> dict[str, str]:
@@ -35,23 +33,12 @@ def arms_of(config: ServeAppConfig) -> dict[str, str]:
     return {"production": config.ranker_model}
 
 
-def rerank_order(head: list[str], scores: list[float], tail: list[str], fusion_k: Optional[int]) -> list[tuple[str, float]]:
-    """The final order: `head` re-ordered by `scores` (stable: ties keep the first-stage order), fused
-    with the first stage by RRF when `fusion_k`, followed by `tail` in the first-stage order."""
-    order = np.argsort(-np.round(np.asarray(scores, dtype=np.float64), SCORE_DECIMALS), kind="stable")
-    reranked = [head[i] for i in order]
-    if fusion_k:  # RRF of the whole first-stage list with the re-ranked head: tail items get one term, so stay below
-        return [(p, float(s)) for p, s in rrf([head + tail, reranked], fusion_k)]
-    by = dict(zip(head, scores))
-    low = min(scores) if scores else 0.0
-    return [(p, float(by[p])) for p in reranked] + [(p, low - 1.0 - i * 1e-6) for i, p in enumerate(tail)]
-
-
 @serve.deployment(
     name="Ranker",
     ray_actor_options={"num_cpus": 0.5},
     max_ongoing_requests=16,
     max_queued_requests=32,
+    backpressure_config={"status_code": 503, "retry_after_s": 1},  # a full queue: 503 + Retry-After
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
     user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
 )
@@ -95,21 +82,15 @@ class Ranker:
         return out
 
     async def rank(self, query: str, first: dict[str, Any], arm: str = "production") -> dict[str, Any]:
-        """The first stage's candidates re-ranked: (product_id, score, ranker stage) in the final order."""
+        """The first stage's candidates re-ranked: (product_id, score) in the final order, the ranker stage."""
         if arm not in self.slots:
             arm = next(iter(self.slots))
-        candidates = first["candidates"]
-        depth = self.config.rerank_depth
-        head, tail = candidates[:depth], candidates[depth:]
+        head = first["candidates"][:self.config.rerank_depth]
         version, scores = await self._score((arm, query, [c["text"] for c in head]))
-        ids = [c["product_id"] for c in head]
-        order = rerank_order(ids, scores, [c["product_id"] for c in tail], self.config.rerank_fusion_k)
+        out = ranked_result(first, self.config.rerank_depth, scores, self.config.rerank_fusion_k, version, arm)
         if self.shadow is not None and head:
-            asyncio.get_running_loop().create_task(self._shadow(query, head, order))
-        ranker_stage = {p: {"rank": i + 1, "score": round(float(s), 6)}
-                        for i, (p, s) in enumerate(sorted(zip(ids, scores), key=lambda x: -round(x[1], SCORE_DECIMALS)))}
-        return {"order": [(p, round(s, 6)) for p, s in order], "ranker": ranker_stage, "version": version, "arm": arm,
-                "replica": self.replica}
+            asyncio.get_running_loop().create_task(self._shadow(query, head, out["order"]))
+        return {**out, "replica": self.replica}
 
     async def _shadow(self, query: str, head: list[dict], served: list[tuple[str, float]]) -> None:
         try:

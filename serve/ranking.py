@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable, Optional
 from schemas.api import SearchFilters, SearchRequest
 from schemas.serving import Experiment
 
+FACET_VALUES = 20
 HIT_FIELDS = ("product_id", "title", "brand", "category_path", "price", "currency", "stock", "image_url")
 
 
@@ -79,20 +80,28 @@ def page_of(req: SearchRequest, hits: list[dict[str, Any]]) -> list[dict[str, An
     out = []
     for rank, hit in enumerate(hits[start:start + req.size], start=start + 1):
         row = {k: hit[k] for k in HIT_FIELDS if hit.get(k) is not None}
-        row["score"] = float(hit["score"])
+        row["score"] = round(float(hit["score"]), 6)
         if req.explain:
-            row["explain"] = {**hit.get("stages", {}), "final": {"rank": rank, "score": float(hit["score"])}}
+            row["explain"] = {**hit.get("stages", {}), "final": {"rank": rank, "score": row["score"]}}
         out.append(row)
     return out
 
 
-async def final_hits(req: SearchRequest, first: dict[str, Any], ranked: Optional[dict[str, Any]],
-                     understanding: Optional[dict[str, Any]], rules, retriever) -> tuple[list[dict], int, list[str]]:
-    """(the page's hits, how many passed, the rules applied) for one request."""
-    hits = ordered_hits(first, ranked)
+def facets_of(hits: list[dict[str, Any]], top: int = FACET_VALUES) -> dict[str, dict[str, int]]:
+    """Counts of brands and category leaves among all hits (not only the page), most frequent first."""
+    out: dict[str, dict[str, int]] = {}
+    for name, value_of in (("brand", lambda h: h.get("brand") or ""),
+                           ("category", lambda h: (h.get("category_path") or [""])[-1])):
+        counts: dict[str, int] = {}
+        for h in hits:
+            if v := value_of(h):
+                counts[v] = counts.get(v, 0) + 1
+        out[name] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
+    return out
 
-    async def lookup(ids: list[str]) -> list[dict[str, Any]]:
-        return await retriever.lookup.remote(ids)
 
-    hits, applied = await apply_business_rules(rules, hits, req, first, lookup)
-    return page_of(req, hits), len(hits), applied
+async def final_hits(req: SearchRequest, first: dict[str, Any], ranked: Optional[dict[str, Any]], rules,
+                     lookup: Callable[[list[str]], Awaitable[list[dict[str, Any]]]]) -> dict[str, Any]:
+    """The page's hits, how many passed, their facets and the rules applied, for one request."""
+    hits, applied = await apply_business_rules(rules, ordered_hits(first, ranked), req, first, lookup)
+    return {"results": page_of(req, hits), "total": len(hits), "facets": facets_of(hits), "rules_applied": applied}

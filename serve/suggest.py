@@ -17,6 +17,7 @@ from serve.models import Watcher
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=64,
     max_queued_requests=128,
+    backpressure_config={"status_code": 503, "retry_after_s": 1},  # a full queue: 503 + Retry-After
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
 )
 class Suggest:

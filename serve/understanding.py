@@ -22,6 +22,7 @@ TASK = "intent_entity"
     ray_actor_options={"num_cpus": 0.5},
     max_ongoing_requests=32,
     max_queued_requests=64,
+    backpressure_config={"status_code": 503, "retry_after_s": 1},  # a full queue: 503 + Retry-After
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
     user_config={"max_batch_size": 16, "batch_wait_timeout_s": 0.005},
 )
@@ -48,7 +49,7 @@ class QueryUnderstanding:
     async def understand(self, text: str) -> dict[str, Any]:
         """Intent, raw_intent, confidence, entities and the model version for one query."""
         if self.slot is None:
-            return {"intent": "", "confidence": 0.0, "entities": [], "version": "none", "degraded": "understanding: disabled"}
+            return {"intent": "", "confidence": 0.0, "entities": [], "version": "none"}  # switched off: not degraded
         try:
             return await self._predict(text)
         except Exception as exc:  # noqa: BLE001 - a search without understanding beats no search

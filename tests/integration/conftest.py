@@ -11,7 +11,9 @@ SERVE_TEST_OPTIONS = {  # small CPU reservations: the test Ray has 2 CPUs for th
     "Retriever": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
     "Ranker": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
     "Suggest": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
-    "SearchIngress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+    # a small front queue, so the overload test can fill it: beyond 16 running + 16 queued, Serve answers 503
+    "SearchIngress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16,
+                      "max_queued_requests": 16},
 }
 
 

@@ -33,6 +33,7 @@ def test_search_answers_with_versions_understanding_and_explain(serve_app):
         assert "first_stage" in hit["explain"] and ("bm25" in hit["explain"] or "dense" in hit["explain"])
     assert any("ranker" in h["explain"] for h in out["results"])
     assert all(h["stock"] != 0 for h in out["results"])  # the exclusion rule
+    assert sum(out["facets"]["brand"].values()) == out["total"] == sum(out["facets"]["category"].values())
 
 
 def test_filters_hold_and_understanding_filters_are_reported(serve_app):

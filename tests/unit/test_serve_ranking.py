@@ -30,7 +30,7 @@ def test_experiment_shares_must_sum_to_one():
 
 def test_rerank_order_matches_the_evaluated_rerank_fusion():
     from ray_app.index import rrf
-    from serve.ranker import rerank_order
+    from ray_app.search.pipeline import rerank_order
 
     head, tail = ["a", "b", "c", "d"], ["e", "f"]
     scores = [0.1, 0.9, 0.5, 0.5]
@@ -45,7 +45,7 @@ def test_rerank_order_matches_the_evaluated_rerank_fusion():
 
 
 def test_rerank_order_ignores_last_bit_noise():
-    from serve.ranker import rerank_order
+    from ray_app.search.pipeline import rerank_order
 
     a = rerank_order(["x", "y"], [0.5, 0.5 + 1e-9], [], None)
     b = rerank_order(["x", "y"], [0.5 + 1e-9, 0.5], [], None)
