@@ -49,3 +49,12 @@ def serve_app(ray_session, tiny_shop):
     base = start(config, "127.0.0.1", free_port(), timeout_s=240)
     yield {"url": base, "config": config, **tiny_shop}
     serve.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the session's Serve run last: its replicas hold CPUs of the 2-CPU test Ray for as
+    long as it is up, which training and Ray Data tests would otherwise wait for."""
+    uses_serve = [item for item in items if "serve_app" in getattr(item, "fixturenames", ())]
+    if uses_serve:
+        rest = [item for item in items if "serve_app" not in getattr(item, "fixturenames", ())]
+        items[:] = rest + uses_serve
