@@ -116,7 +116,8 @@ class SearchIngress:
         if self.ranker is not None and first["candidates"]:
             t0 = time.perf_counter()
             try:
-                ranked = await asyncio.wait_for(self.ranker.rank.remote(req.query, first_resp, arm),
+                deadline = time.time() + self.config.ranker_timeout_s  # the Ranker drops work nobody waits for
+                ranked = await asyncio.wait_for(self.ranker.rank.remote(req.query, first_resp, arm, deadline),
                                                 self.config.ranker_timeout_s)
             except Exception as exc:  # noqa: BLE001 - overloaded, slow or failed ranker: first-stage order, flagged
                 degraded.append(f"ranker: {type(exc).__name__}")

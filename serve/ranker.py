@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Optional
 
 from ray import serve
 
@@ -40,7 +41,9 @@ def arms_of(config: ServeAppConfig) -> dict[str, str]:
     max_queued_requests=32,
     backpressure_config={"status_code": 503, "retry_after_s": 1},  # a full queue: 503 + Retry-After
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
-    user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+    # On CPU one request's 20 pairs already keep the cores busy, so a bigger batch only adds waiting
+    # (benchmarks/serve.py); raise max_batch_size on a GPU, where batches of pairs pay.
+    user_config={"max_batch_size": 2, "batch_wait_timeout_s": 0.005},
 )
 class Ranker:
     def __init__(self, config: dict[str, Any]):
@@ -62,13 +65,18 @@ class Ranker:
             if arm in self.slots:
                 self.slots[arm].point_to(str(spec))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _score(self, jobs: list[tuple[str, str, list[str]]]) -> list[tuple[str, list[float]]]:
-        """Per request (arm, query, product texts) -> (version, scores); one forward per arm."""
+    @serve.batch(max_batch_size=2, batch_wait_timeout_s=0.005)
+    async def _score(self, jobs: list[tuple[str, str, list[str], float]]) -> list[tuple[str, Optional[list[float]]]]:
+        """Per request (arm, query, product texts, deadline) -> (version, scores); one forward per arm.
+        A request whose deadline has passed (the ingress answered without it) is not scored."""
         by_arm: dict[str, list[int]] = defaultdict(list)
-        for i, (arm, _, _) in enumerate(jobs):
-            by_arm[arm].append(i)
         out: list[Any] = [None] * len(jobs)
+        now = time.time()
+        for i, (arm, _, _, deadline) in enumerate(jobs):
+            if deadline and now > deadline:
+                out[i] = (self.slots[arm].version, None)
+            else:
+                by_arm[arm].append(i)
         for arm, members in by_arm.items():
             version, model = self.slots[arm].current
             queries = [jobs[i][1] for i in members for _ in jobs[i][2]]
@@ -81,12 +89,16 @@ class Ranker:
                 at += n
         return out
 
-    async def rank(self, query: str, first: dict[str, Any], arm: str = "production") -> dict[str, Any]:
-        """The first stage's candidates re-ranked: (product_id, score) in the final order, the ranker stage."""
+    async def rank(self, query: str, first: dict[str, Any], arm: str = "production",
+                   deadline: float = 0.0) -> dict[str, Any]:
+        """The first stage's candidates re-ranked: (product_id, score) in the final order, the ranker
+        stage. `deadline` (epoch seconds, 0 = none): past it the request is dropped unscored."""
         if arm not in self.slots:
             arm = next(iter(self.slots))
         head = first["candidates"][:self.config.rerank_depth]
-        version, scores = await self._score((arm, query, [c["text"] for c in head]))
+        version, scores = await self._score((arm, query, [c["text"] for c in head], deadline))
+        if scores is None:
+            raise TimeoutError("the ranking deadline passed before the request was scored")
         out = ranked_result(first, self.config.rerank_depth, scores, self.config.rerank_fusion_k, version, arm)
         if self.shadow is not None and head:
             asyncio.get_running_loop().create_task(self._shadow(query, head, out["order"]))

@@ -75,6 +75,10 @@ def first_stage(cat: LiveCatalogue, spec: FusionSpec, config: ServeAppConfig, re
     depth = config.retrieve_depth
     dense = cat.dense.search(vector, depth, mask=mask, where=where)
     lexical = cat.bm25.search(query, depth, where=where) if cat.bm25 else []
+    # BM25 and ANN search the live table, which can be a version ahead of this catalogue for up to
+    # one refresh: products it does not know yet are left out until the refresh brings them in.
+    lexical = [(p, s) for p, s in lexical if p in cat.fields]
+    dense = [(p, s) for p, s in dense if p in cat.fields]
     fused = fuse({"bm25": lexical, "dense": dense}, spec, limit=depth)
     stages = {"bm25": _stage(lexical), "dense": _stage(dense), "first_stage": _stage(fused)}
     candidates = []
