@@ -117,7 +117,9 @@ class StageScore(BaseModel):
     score: Optional[float] = None
 
 
-class SearchHit(BaseModel):
+class ProductFields(BaseModel):
+    """What a result shows of a product (the catalogue's columns, no second table read)."""
+
     product_id: str
     score: float
     title: str = ""
@@ -127,6 +129,9 @@ class SearchHit(BaseModel):
     currency: str = ""
     stock: Optional[int] = None
     image_url: str = ""
+
+
+class SearchHit(ProductFields):
     explain: Optional[dict[str, StageScore]] = None
 
 
@@ -199,19 +204,11 @@ class ErrorResponse(BaseModel):
 
 # ---- hops between stages (plain dicts on the wire: model_dump of these) ----
 
-class Candidate(BaseModel):
-    """One first-stage candidate with the fields later stages need (no second table read)."""
+class Candidate(ProductFields):
+    """One first-stage candidate with what later stages need: the text the ranker reads, the
+    attributes rules match on, its rank and score in each list."""
 
-    product_id: str
-    score: float
     text: str
-    title: str = ""
-    brand: str = ""
-    category_path: list[str] = []
-    price: Optional[float] = None
-    currency: str = ""
-    stock: Optional[int] = None
-    image_url: str = ""
     attributes: str = "{}"
     stages: dict[str, StageScore] = {}
 
@@ -219,7 +216,7 @@ class Candidate(BaseModel):
 class Candidates(BaseModel):
     query: str
     candidates: list[Candidate]
-    filters_applied: dict[str, Any] = {}
+    filters_applied: FiltersApplied = FiltersApplied()
     boosts: dict[str, list[str]] = {}  # from understanding, e.g. {"brand": ["acme"]}
     version: str = ""
     degraded: list[str] = []

@@ -126,3 +126,16 @@ def test_malformed_json_wrong_type_and_unknown_path(serve_app):
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "q"
     r = requests.get(f"{url}/v1/nothing", timeout=30)
     assert r.status_code == 404 and r.json()["error"]
+
+
+def test_the_retrievers_answer_is_the_candidates_contract(serve_app):
+    """The hop Retriever -> Ranker is the schemas.api.Candidates contract, not an ad-hoc dict."""
+    from ray import serve
+
+    from schemas.api import Candidates
+
+    handle = serve.get_deployment_handle("Retriever", app_name="shopsearch")
+    out = handle.retrieve.remote({"query": "sony headphones", "filters": {"in_stock": True}}, None).result(timeout_s=60)
+    hop = Candidates(**out)
+    assert hop.candidates and all(c.text and c.stages["first_stage"].rank == i + 1 for i, c in enumerate(hop.candidates))
+    assert hop.filters_applied.filters == {"in_stock": True}
