@@ -38,7 +38,8 @@ def _field(loc: Iterable[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-def _rid(request: Request) -> str:
+def request_id(request: Request) -> str:
+    """The caller's X-Request-Id, else a fresh one: the id every answer and error carries."""
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 
 
@@ -51,7 +52,7 @@ def install_error_handlers(app: FastAPI) -> None:
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json":
                 return json_error(415, "unsupported content type",
-                                  [("content-type", f"expected application/json, got {ctype or 'none'}")], _rid(request))
+                                  [("content-type", f"expected application/json, got {ctype or 'none'}")], request_id(request))
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -59,7 +60,7 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             msg = next(e.get("ctx", {}).get("error", e.get("msg", "")) for e in errors if e.get("type") == "json_invalid")
-            return json_error(400, "malformed JSON", [("body", str(msg))], _rid(request))
+            return json_error(400, "malformed JSON", [("body", str(msg))], request_id(request))
         detail = []
         for e in errors:
             field = _field(e.get("loc", ()))
@@ -69,19 +70,19 @@ def install_error_handlers(app: FastAPI) -> None:
                 detail.append((field, "field required"))
             else:
                 detail.append((field, str(e.get("msg", "")).removeprefix("Value error, ")))
-        return json_error(422, "validation failed", detail, _rid(request))
+        return json_error(422, "validation failed", detail, request_id(request))
 
     @app.exception_handler(BackPressureError)
     async def overloaded(request: Request, exc: BackPressureError):
         return json_error(503, "overloaded: a stage's queue is full", [("", str(getattr(exc, "message", exc)))],
-                          _rid(request), retry_after=RETRY_AFTER_S)
+                          request_id(request), retry_after=RETRY_AFTER_S)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return json_error(exc.status_code, str(exc.detail), [("path", request.url.path)], _rid(request))
+        return json_error(exc.status_code, str(exc.detail), [("path", request.url.path)], request_id(request))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        rid = _rid(request)
+        rid = request_id(request)
         logger.exception("request %s failed", rid)
         return json_error(500, f"internal error ({type(exc).__name__}); request id {rid}", [], rid)

@@ -10,7 +10,6 @@ a search without entities, flagged too. A full queue answers 503 with `Retry-Aft
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +23,7 @@ from ray_app.privacy import pseudonymise, resolve_key
 from schemas.api import (MAX_PREFIX_CHARS, MAX_SUGGESTIONS, ErrorResponse, HealthResponse, SearchRequest,
                          SearchResponse, SuggestResponse, UnderstandRequest, UnderstandResponse)
 from schemas.serving import ServeAppConfig
-from serve.errors import install_error_handlers, json_error
+from serve.errors import install_error_handlers, json_error, request_id
 from serve.metrics import AppMetrics
 from serve.ranking import assign_arm, final_hits
 
@@ -95,12 +94,13 @@ class SearchIngress:
     @api.post("/v1/search", response_model=SearchResponse, response_model_exclude_none=True)
     async def search(self, req: SearchRequest, request: Request) -> Any:
         started = time.perf_counter()
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = request_id(request)
         timings: dict[str, float] = {}
         degraded: list[str] = []
         understood = self.understanding.understand.remote(req.query)
         body = req.model_dump(mode="json", exclude={"user_id", "session_id"})
         first_resp = self.retriever.retrieve.remote(body, understood)
+        understanding: Optional[dict[str, Any]] = None
         try:
             first = await first_resp
         except BackPressureError:
@@ -109,8 +109,9 @@ class SearchIngress:
             degraded.append(f"understanding: {type(exc).__name__}")
             first_resp = self.retriever.retrieve.remote(body, None)
             first = await first_resp
+        else:  # the Retriever had the understanding: it is resolved, awaiting it again costs nothing
+            understanding = await self._understanding(understood, degraded)
         timings["retrieve"] = round((time.perf_counter() - started) * 1000, 2)
-        understanding = await self._understanding(understood, degraded)
         arm = self._arm(req)
         ranked = None
         if self.ranker is not None and first["candidates"]:
@@ -149,7 +150,7 @@ class SearchIngress:
 
     @api.post("/v1/understand", response_model=UnderstandResponse)
     async def understand(self, req: UnderstandRequest, request: Request) -> Any:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = request_id(request)
         out = await self.understanding.understand.remote(req.query)
         if out.get("version") == "none":
             return json_error(404, "understanding is off (understanding_model: none)", [("query", "no model")], rid)
@@ -161,7 +162,7 @@ class SearchIngress:
     async def suggest(self, request: Request, q: str = Query(..., min_length=1, max_length=MAX_PREFIX_CHARS),
                       user_id: Optional[str] = Query(None, max_length=128),
                       size: int = Query(10, ge=1, le=MAX_SUGGESTIONS)) -> Any:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = request_id(request)
         if self.suggester is None:
             return json_error(404, "suggestions are off (suggest: false)", [("q", "no Suggest deployment")], rid)
         if not q.strip():

@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 from ray import serve
 
+from ray_app.search.suggest import SuggestIndex
+from ray_app.store import Store
 from schemas.serving import ServeAppConfig
 from serve.models import Watcher
 
@@ -22,12 +24,8 @@ from serve.models import Watcher
 )
 class Suggest:
     def __init__(self, config: dict[str, Any]):
-        from ray_app.search.suggest import SuggestIndex
-        from ray_app.store import Store
-
         self.config = ServeAppConfig(**config)
         self.store = Store(self.config.db)  # open_table reads the latest version, so each refresh sees new builds
-        self._index_cls = SuggestIndex
         self.version, self.index = self._load()
         self.watcher = Watcher(self.config.refresh_s, self.refresh, "suggest-refresh")
 
@@ -35,7 +33,7 @@ class Suggest:
         return str(self.store.db.open_table("suggestions").version)
 
     def _load(self) -> tuple[str, Any]:
-        return self._version(), self._index_cls.from_store(self.store)
+        return self._version(), SuggestIndex.from_store(self.store)
 
     def refresh(self) -> bool:
         if self._version() == self.version:
