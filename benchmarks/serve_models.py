@@ -10,7 +10,7 @@ and the pooling are left out (a few percent).
 """
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 import statistics
 import time
 from typing import Any, Callable
@@ -102,11 +102,11 @@ def speedup(slow: dict[str, float], fast: dict[str, float]) -> dict[str, float]:
 
 
 def quantised(loaded):
-    """A copy of a registry LoadedModel with int8 dynamic quantisation on its Linear layers."""
-    from ray_app.registry import LoadedModel
+    """A copy of a registry LoadedModel with int8 dynamic quantisation on its Linear layers (what
+    the Ranker serves with `ranker_quantize: int8`)."""
+    from ray_app.models.scoring import quantised_int8
 
-    model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(loaded.model), {torch.nn.Linear}, dtype=torch.qint8)
-    return LoadedModel(model=model, tokenizer=loaded.tokenizer, version=loaded.version, max_length=loaded.max_length)
+    return quantised_int8(loaded)
 
 
 def model_costs(ranker, query: str, docs: list[str], queries: list[str], threads: list[int], reps: int) -> dict[str, Any]:
@@ -118,6 +118,8 @@ def model_costs(ranker, query: str, docs: list[str], queries: list[str], threads
     encoder, tokenizer = load_encoder("minilm")
     encoder.eval()
     int8 = quantised(ranker) if ranker is not None else None
+    cold = replace(ranker, product_cache=None) if ranker is not None else None
+    cold8 = replace(int8, product_cache=None) if ranker is not None else None
     before = torch.get_num_threads()
     out: dict[str, Any] = {"minilm_layer_params": layer_params(encoder), "by_threads": {}}
     if ranker is not None:
@@ -139,9 +141,13 @@ def model_costs(ranker, query: str, docs: list[str], queries: list[str], threads
                     if ranker.max_length != 64:  # what serving runs: the ranker's own max_length (shapes say how long)
                         cell[f"fp32_max_length_{ranker.max_length}"] = ranker_forward_cost(
                             ranker.model, backbone, ranker.tokenizer, query, head, ranker.max_length, slow)
-                    cell["score_pairs_served"] = timed(lambda: score_pairs(ranker, [query] * len(head), head), slow, 1)
-                    cell["score_pairs_served_int8"] = timed(lambda: score_pairs(int8, [query] * len(head), head), slow, 1)
+                    # served path: every product new to the replica (cold) and all seen before (warm cache)
+                    cell["score_pairs_served"] = timed(lambda: score_pairs(cold, [query] * len(head), head), slow, 1)
+                    cell["score_pairs_served_int8"] = timed(lambda: score_pairs(cold8, [query] * len(head), head), slow, 1)
                     cell["int8_speedup_served"] = speedup(cell["score_pairs_served"], cell["score_pairs_served_int8"])
+                    score_pairs(ranker, [query] * len(head), head)
+                    cell["score_pairs_served_cached"] = timed(lambda: score_pairs(ranker, [query] * len(head), head), slow, 1)
+                    cell["product_cache_speedup"] = speedup(cell["score_pairs_served"], cell["score_pairs_served_cached"])
                     row[f"ranker_{depth}_candidates"] = cell
             out["by_threads"][str(n)] = row
         if ranker is not None:

@@ -7,7 +7,9 @@
      (Ray Data actor pool, BM25 + vector index) -> train the cross-encoder ranker on the behaviour
      labels -> evaluate on the held-out test split: the intent model against the generator's gold
      labels, BM25 / the encoder / hybrid / the re-ranker against its judgments
-  -> build the suggestions -> promote both models to `production` -> start the search app on Ray
+  -> gate the ranker on the validation split (promoted only if re-ranking is not worse than the
+     hybrid first stage; else it runs in shadow mode) -> build the suggestions -> promote the
+     models to `production` -> start the search app on Ray
      Serve, answer a search, an understand and a suggest request over HTTP, print what to curl
      (`--keep-serving` keeps it up until Ctrl-C; `--no-serve` stops after the evaluation)
   (`--no-models` stops after the snapshot)
@@ -49,6 +51,7 @@ class MainResult(BaseModel):
     search: dict = {}  # BM25, encoder, hybrid on the judged test queries: {"judged_list": .., "full_catalogue": ..}
     eval_report: Optional[str] = None
     ranker_version: Optional[str] = None
+    ranker_gate: dict = {}  # validation NDCG@10 of the hybrid and of re-ranking, and whether the ranker was promoted
     suggestions: int = 0
     served: dict = {}  # the app's URL and its answers to one search, understand and suggest request
 
@@ -79,7 +82,7 @@ def run(config: MainConfig) -> MainResult:
     common = stage_settings(config)
     db = str(config.db)
     demo = Path(str(config.demo_dir))
-    progress = Progress((16 if config.serve else 14) if config.models else 10)
+    progress = Progress((17 if config.serve else 14) if config.models else 10)
     init_ray(config.ray_address, config.num_cpus, quiet=True, verbose=config.verbose)
     progress.run("generate synthetic shop", lambda: generate.run(GenerateConfig(
         workspace=config.workspace, out=str(demo), seed=config.seed, products=config.products, queries=config.queries,
@@ -129,13 +132,19 @@ def _serve(config: MainConfig, progress: Progress, result: MainResult) -> None:
     from schemas.serving import ServeAppConfig
     from serve import run as serve_run
 
+    result.ranker_gate = progress.run("ranker gate (validation split)", lambda: ranker_gate(config, result))
+    print(f"      {result.ranker_gate['reason']}", file=sys.stderr)
     built = progress.run("build suggestions", lambda: suggest.run(SuggestConfig(**stage_settings(config))))
     result.suggestions = built.suggestions
     registry = Registry(config.models_dir)
-    for name in (result.model_version, result.ranker_version):
-        registry.promote(name, "production")  # the demo's gate: trained and evaluated just above
+    registry.promote(result.model_version, "production")  # scored on gold test labels above: the demo's only model of it
+    promoted = result.ranker_gate["promoted"]
+    if promoted:
+        registry.promote(result.ranker_version, "production")
     app = ServeAppConfig(workspace=config.workspace, db=config.db, models_dir=config.models_dir,
-                         understanding_model="intent_entity@production", ranker_model="ranker@production",
+                         understanding_model="intent_entity@production",
+                         ranker_model="ranker@production",  # unset if the gate said no: the first stage's order
+                         shadow_model=None if promoted else result.ranker_version,
                          rules=str(Path(__file__).resolve().parents[1] / "serve" / "rules.yaml"))
     query = _demo_query(str(config.db))
     base = progress.run("start the search app (Ray Serve) + answer over HTTP", lambda: serve_run.start(
@@ -153,6 +162,37 @@ def _serve(config: MainConfig, progress: Progress, result: MainResult) -> None:
             pass
     else:
         print("stopping the app (run with --keep-serving to keep it up, or: serve run serve/config.yaml)", file=sys.stderr)
+
+
+def ranker_gate(config: MainConfig, result: MainResult) -> dict[str, Any]:
+    """Promote the ranker only where it helps: full-catalogue NDCG@10 on the validation split (never
+    the test split the report shows) of re-ranking fused with the first stage, at the depth the app
+    serves, against the hybrid first stage alone. `--ranker-gate always` skips the measurement."""
+    from jobs import evaluate
+    from schemas.evaluation import EvaluateConfig
+    from schemas.serving import ServeAppConfig
+
+    version = result.ranker_version
+    if config.ranker_gate == "always":
+        return {"promoted": True, "reason": f"{version} promoted without a gate (--ranker-gate always)"}
+    depth = ServeAppConfig.model_fields["rerank_depth"].default
+    evaluated = evaluate.run(EvaluateConfig(
+        **stage_settings(config), snapshot=result.snapshot, split="validation", models_dir=config.models_dir,
+        ranker=[version], rerank_depth=depth, compare_to="hybrid", report_dir=config.report_dir))
+    full = evaluated.full_catalogue
+    hybrid, ranked = full.get("hybrid", {}).get("ndcg@10"), full.get(f"rerank+rrf:{version}", {}).get("ndcg@10")
+    if hybrid is None or ranked is None:
+        raise JobError(f"ranker gate: the validation run scored no hybrid or rerank+rrf:{version} ({sorted(full)})")
+    promoted = ranked >= hybrid
+    queries = full["hybrid"].get("queries", 0)
+    verdict = (f"{version} promoted to production" if promoted else
+               f"{version} not promoted: ranker@production is left as it was (unset in a new workspace, so the "
+               f"app serves the hybrid's order) with {version} in shadow mode (its agreement in /healthz); a "
+               f"later `jobs.registry --action promote` reaches the running app; --ranker-gate always promotes it")
+    return {"promoted": promoted, "split": "validation", "queries": queries, "rerank_depth": depth,
+            "hybrid_ndcg@10": hybrid, "rerank+rrf_ndcg@10": ranked, "report": evaluated.out_path,
+            "reason": f"ranker gate on {queries} validation queries, full-catalogue NDCG@10: re-ranking (top {depth}, "
+                      f"fused) {ranked:.4f} vs hybrid {hybrid:.4f}: {verdict}"}
 
 
 def _demo_query(db: str) -> str:

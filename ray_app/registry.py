@@ -213,7 +213,12 @@ class Registry:
             raise RegistryError(f"{version.name} holds fusion settings, not a model: use Registry.load_fusion")
         model, tokenizer, meta = load_saved_model(version.path, merge=merge, device=device)
         max_length = meta.get("max_length") or version.config.get("max_length") or 64
-        return LoadedModel(model=model, tokenizer=tokenizer, version=version, max_length=int(max_length))
+        loaded = LoadedModel(model=model, tokenizer=tokenizer, version=version, max_length=int(max_length))
+        if version.task == "ranker":  # fixed weights: product encodings can be kept between requests
+            from ray_app.models.scoring import ProductVectorCache
+
+            loaded.product_cache = ProductVectorCache()
+        return loaded
 
     def load_fusion(self, name_or_alias: str) -> tuple[FusionSpec, ModelVersion]:
         """A fusion version's spec (its fusion.json) and record; `fusion@production` style aliases work."""
@@ -235,6 +240,7 @@ class LoadedModel:
     tokenizer: Any
     version: ModelVersion
     max_length: int = 64
+    product_cache: Any = None  # ranker: models.scoring.ProductVectorCache (a new one if the model changes)
 
     @property
     def task(self) -> str:
@@ -246,7 +252,7 @@ class LoadedModel:
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
         """ranker: a relevance score per product text."""
-        return self.model.score(query, list(docs), self.tokenizer, max_length=self.max_length)
+        return self.model.score(query, list(docs), self.tokenizer, max_length=self.max_length, cache=self.product_cache)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64):
         """retriever (or any task): L2-normalised mean-pooled embeddings."""

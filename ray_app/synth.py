@@ -7,7 +7,7 @@ P(click) = (1/position) * attractiveness, where attractiveness grows with a hidd
 derived from clicks is meaningful. Everything draws from `rng_for(seed, stream)`
 and a fixed epoch (no clock): the same seed writes the same bytes. Vocabulary, products and
 query templates live in ray_app/synth_catalog.py; the hidden relevance and the held-out
-evaluation set (gold labels and judgments of the test split) in ray_app/synth_eval.py.
+evaluation set (gold labels of the test split, judgments of the test and validation splits) in ray_app/synth_eval.py.
 """
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ class GenerateResult(BaseModel):
 
 def generate(config: GenerateConfig) -> GenerateResult:
     """Write the shop (OUTPUT_FILES): the exports, every query's gold labels (gold_labels.jsonl), the
-    held-out evaluation set (gold_test_labels.jsonl, judgments.csv: test split only) and human labels."""
+    held-out evaluation set (gold_test_labels.jsonl; judgments.csv: test and validation splits) and human labels."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = build_vocab(config.seed)

@@ -1,10 +1,13 @@
-"""The synthetic shop's ground truth and its held-out evaluation set (test-split queries only).
+"""The synthetic shop's ground truth and its held-out evaluation set.
 
 Why: the demo must score models against what the generator knows to be true, not against the
 rule labels the intent model is trained to imitate. Two files carry that truth to the store:
 the gold intent/entity labels of the test-split queries (`synth.label_lines`) and graded
-judgments of test-split queries (`judge_queries`). Both name test-split queries only, and
-training reads the train and validation splits only, so neither can leak into a model.
+judgments of test- and validation-split queries (`judge_queries`). Training reads the train
+split (validation only to pick among checkpoints), so no test truth can leak into a model; the
+validation judgments are what choices are made on (jobs.main's ranker gate, jobs.fuse), so
+that the test split is only ever reported. Each split draws from its own random stream, so the
+test judgments do not depend on whether validation is judged.
 
 Judgments follow the hidden relevance the click model uses (`true_relevance`): a product of the
 query's pool (its category, or the brand's products when it names no category) that meets every
@@ -67,13 +70,24 @@ def exact_mask(meta: dict, cat: Catalogue, idx: np.ndarray) -> np.ndarray:
     return ok
 
 
+JUDGED_SPLITS = {"test": 8, "validation": 9}  # split -> its random stream
+
+
 def judge_queries(rows: list[QueryRow], cat: Catalogue, seed: int) -> pd.DataFrame:
-    """Graded judgments (ESCI letters) of the test-split shopping queries with 1..MAX_EXACT Exact products."""
-    rng = rng_for(seed, 8)
+    """Graded judgments (ESCI letters) of the test and validation shopping queries with 1..MAX_EXACT
+    Exact products, test first."""
     titled = np.flatnonzero(cat.valid)
     out: list[tuple[str, str, str, str, str]] = []
+    for split, stream in JUDGED_SPLITS.items():
+        out += _judge_split(rows, cat, rng_for(seed, stream), titled, split)
+    return pd.DataFrame(out, columns=list(JUDGMENT_COLUMNS))
+
+
+def _judge_split(rows: list[QueryRow], cat: Catalogue, rng: np.random.Generator, titled: np.ndarray,
+                 split: str) -> list[tuple[str, str, str, str, str]]:
+    out: list[tuple[str, str, str, str, str]] = []
     for q in rows:
-        if q.intent not in SHOPPABLE or split_of(q.query_id) != "test":
+        if q.intent not in SHOPPABLE or split_of(q.query_id) != split:
             continue
         pool = query_pool(q.meta, cat)
         exact = exact_mask(q.meta, cat, pool)
@@ -86,8 +100,8 @@ def judge_queries(rows: list[QueryRow], cat: Catalogue, seed: int) -> pd.DataFra
         outside = np.setdiff1d(titled, pool, assume_unique=True)
         far = rng.choice(outside, min(IRRELEVANT, len(outside)), replace=False) if len(outside) else outside
         for grade, idx in (("E", pool[exact]), ("S", near), ("I", np.sort(far))):
-            out += [(q.query_id, q.text, cat.product_ids[i], grade, "test") for i in idx.tolist()]
-    return pd.DataFrame(out, columns=list(JUDGMENT_COLUMNS))
+            out += [(q.query_id, q.text, cat.product_ids[i], grade, split) for i in idx.tolist()]
+    return out
 
 
 def held_out(rows: list[QueryRow]) -> list[QueryRow]:

@@ -182,6 +182,10 @@ class MainConfig(JobConfig):
     models: bool = Field(True, description="go on after the snapshot: train the intent+entity model (LoRA), embed the catalogue, evaluate")
     train_epochs: int = Field(2, ge=1, description="epochs of the main job's small training run")
     ranker_examples: int = Field(64, ge=1, description="training queries (lists of 24 products) of the main job's one-epoch ranker")
+    ranker_gate: Literal["validation", "always"] = Field(
+        "validation", description="validation: promote the ranker only if re-ranking (rerank+rrf, at the served depth) "
+                                  "scores at least the hybrid first stage's full-catalogue NDCG@10 on the validation "
+                                  "split, else serve the first stage with the ranker in shadow mode; always: promote it")
     models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
     serve: bool = Field(True, description="end by starting the search app on Ray Serve and answering over HTTP")
     keep_serving: bool = Field(False, description="keep the app up after the main job (until Ctrl-C)")

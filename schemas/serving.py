@@ -48,7 +48,12 @@ class ServeAppConfig(WorkspaceConfig):
     fusion: Optional[str] = Field(None, description="registry fusion version/alias fitted by jobs.fuse; default plain RRF")
     ranker_model: str = Field("ranker@production", description="cross-encoder (registry name or alias); 'none' serves the first stage's order")
     experiment: Optional[Experiment] = Field(None, description="A/B arms of the ranker; replaces ranker_model when set")
-    shadow_model: Optional[str] = Field(None, description="a candidate ranker scoring the same requests without changing the answer; agreement logged")
+    shadow_model: Optional[str] = Field(None, description="a candidate ranker scoring the same requests without changing the answer; "
+                                                          "agreement logged (with ranker_model none: against the first stage's order)")
+    shadow_share: float = Field(1.0, gt=0, le=1, description="share of requests the shadow model scores (it costs a ranker pass each)")
+    ranker_quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 quantisation of the ranker's Linear layers on CPU (2-3x faster; "
+                            "NDCG cost in benchmarks/results/rerank_cost.json); the served version reads name+int8")
     rules: Optional[str] = Field(None, description="business rules YAML (versioned); none: no rules")
     retrieve_depth: int = Field(100, ge=1, le=1000, description="first-stage candidates per request")
     rerank_depth: int = Field(20, ge=1, le=200, description="how many of them the cross-encoder re-scores")

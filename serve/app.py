@@ -40,7 +40,7 @@ def build_app(args: Optional[dict[str, Any]] = None) -> Application:
     if unknown:
         raise ValueError(f"deployments: unknown deployment(s) {', '.join(sorted(unknown))}; known: {', '.join(DEPLOYMENTS)}")
     stage = config.stage()
-    ranking = config.experiment is not None or config.ranker_model.lower() != "none"
+    ranking = config.experiment is not None or config.ranker_model.lower() != "none" or bool(config.shadow_model)
     understanding = _with_options(QueryUnderstanding, config).bind(stage)
     retriever = _with_options(Retriever, config).bind(stage)
     ranker = _with_options(Ranker, config).bind(stage) if ranking else None

@@ -86,7 +86,7 @@ class SearchIngress:
     def _arm(self, req: SearchRequest) -> str:
         exp = self.config.experiment
         if not exp:
-            return "production" if self.ranker is not None else ""
+            return "production" if self.ranker is not None and self.config.ranker_model.lower() != "none" else ""
         unit = req.user_id if exp.unit == "user" else req.session_id
         unit = unit or req.session_id or req.query  # anonymous and session-less: by query, still stable
         return assign_arm(pseudonymise(unit, self.key), exp)  # the same unit feedback events will carry

@@ -39,16 +39,26 @@ class ModelSlot:
     """A registry model of `task` named by `spec` (a version or `task@alias`), swappable in place."""
 
     def __init__(self, spec: str, task: str, models_dir: Optional[str],
-                 load: Optional[Callable[[str], Any]] = None):
-        from ray_app.registry import Registry
+                 load: Optional[Callable[[str], Any]] = None, optional_alias: bool = False):
+        """`optional_alias`: an alias (`task@alias`) that names no version yet is allowed: the slot
+        starts empty (`current` = ("none", None), `error` says why) and the first promotion fills it."""
+        from ray_app.registry import Registry, RegistryError
 
         self.spec, self.task = spec, task
         self.registry = Registry(models_dir)
         self._load = load or (lambda name: self.registry.load_model(name, task=task))
-        version = self.registry.resolve(spec, task)
-        self.current: tuple[str, Any] = (version.name, self._load(version.name))
         self.error = ""
         self._lock = threading.Lock()
+        try:
+            version = self.registry.resolve(spec, task)
+        except RegistryError as exc:
+            if not (optional_alias and "@" in spec):  # a version name that does not exist is a mistake
+                raise
+            self.current: tuple[str, Any] = ("none", None)
+            self.error = f"{spec} names no version yet (serving without it until it is promoted): {exc}"
+            logger.warning("model %s", self.error)
+            return
+        self.current = (version.name, self._load(version.name))
 
     @property
     def version(self) -> str:
@@ -69,8 +79,12 @@ class ModelSlot:
                     return False
                 model = self._load(name)
             except Exception as exc:  # noqa: BLE001 - a broken promotion must not take the replica down
-                self.error = f"{type(exc).__name__}: {exc}"
-                logger.warning("model %s: keeping %s: %s", self.spec, self.current[0], self.error)
+                error = f"{type(exc).__name__}: {exc}"
+                if self.current[1] is None:
+                    error = f"{self.spec} names no version yet (serving without it until it is promoted): {error}"
+                if error != self.error:  # once per new error, not every poll
+                    logger.warning("model %s: keeping %s: %s", self.spec, self.current[0], error)
+                self.error = error
                 return False
             old = self.current[0]
             self.current = (name, model)  # one assignment: requests see the old or the new pair, never half

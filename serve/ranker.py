@@ -3,21 +3,28 @@
 stage's by RRF exactly as `jobs.evaluate` scores it (`rerank+rrf`), or replaces it
 (`rerank_fusion_k: null`, the plain `rerank` system).
 
-Every arm of an A/B experiment is held by every replica (one base encoder, a few MB of LoRA-merged
-weights per arm at these sizes), so a batch mixes arms and each arm runs one forward pass over its
-pairs. A shadow model scores the same pairs after the answer has gone out; its agreement with the
-served order (overlap of the top 10) is logged and kept per replica.
+Every arm of an A/B experiment is held by every replica (each a full encoder with its LoRA merged,
+about 100-150 MB of RSS for MiniLM), so a batch mixes arms and each arm runs one forward pass over
+its pairs. Measured against Serve's model multiplexing (benchmarks/serve_multiplex.py): the same
+throughput on one replica, and one arm per replica reloads models under load; multiplexing pays
+only once the arms no longer fit in one replica. A shadow model scores the same pairs after the
+answer has gone out; its agreement with the served order (overlap of the top 10) is logged and
+kept per replica. With no arm (`ranker_model: none`) the first stage's order is served and the
+shadow model is compared against it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import defaultdict
 from typing import Any, Optional
 
 from ray import serve
 
+from ray_app.models.scoring import quantised_int8
+from ray_app.registry import Registry
 from ray_app.search.pipeline import ranked_result, rerank_order
 from ray_app.search.rerank import score_pairs
 from schemas.serving import ServeAppConfig
@@ -28,10 +35,11 @@ TASK = "ranker"
 
 
 def arms_of(config: ServeAppConfig) -> dict[str, str]:
-    """{arm name: model spec}: the experiment's arms, else one arm `production` (the ranker_model)."""
+    """{arm name: model spec}: the experiment's arms, else one arm `production` (the ranker_model),
+    else none (`ranker_model: none` with a shadow model: the first stage's order is served)."""
     if config.experiment:
         return {name: arm.model for name, arm in config.experiment.arms.items()}
-    return {"production": config.ranker_model}
+    return {} if config.ranker_model.lower() == "none" else {"production": config.ranker_model}
 
 
 @serve.deployment(
@@ -49,11 +57,22 @@ class Ranker:
     def __init__(self, config: dict[str, Any]):
         self.config = ServeAppConfig(**config)
         set_torch_threads(self.config.torch_threads)
-        self.slots = {arm: ModelSlot(spec, TASK, self.config.models_dir) for arm, spec in arms_of(self.config).items()}
-        self.shadow = ModelSlot(self.config.shadow_model, TASK, self.config.models_dir) if self.config.shadow_model else None
+        self.suffix = "+int8" if self.config.ranker_quantize == "int8" else ""
+        self.slots = {arm: self._slot(spec) for arm, spec in arms_of(self.config).items()}
+        self.shadow = self._slot(self.config.shadow_model) if self.config.shadow_model else None
         self.shadow_agreement: list[float] = []
         self.watcher = Watcher(self.config.reload_s, self.refresh, "ranker-alias")
         self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def _slot(self, spec: str) -> ModelSlot:
+        """An arm's model by alias; quantised to int8 on load when the config says so."""
+        registry = Registry(self.config.models_dir)
+
+        def load(name: str):
+            loaded = registry.load_model(name, task=TASK)
+            return quantised_int8(loaded) if self.suffix else loaded
+
+        return ModelSlot(spec, TASK, self.config.models_dir, load=load, optional_alias=True)
 
     def refresh(self) -> None:
         for slot in list(self.slots.values()) + ([self.shadow] if self.shadow else []):
@@ -74,7 +93,7 @@ class Ranker:
         now = time.time()
         for i, (arm, _, _, deadline) in enumerate(jobs):
             if deadline and now > deadline:
-                out[i] = (self.slots[arm].version, None)
+                out[i] = (self.slots[arm].version + self.suffix, None)
             else:
                 by_arm[arm].append(i)
         for arm, members in by_arm.items():
@@ -85,7 +104,7 @@ class Ranker:
             at = 0
             for i in members:
                 n = len(jobs[i][2])
-                out[i] = (version, flat[at:at + n])
+                out[i] = (version + self.suffix, flat[at:at + n])
                 at += n
         return out
 
@@ -93,16 +112,26 @@ class Ranker:
                    deadline: float = 0.0) -> dict[str, Any]:
         """The first stage's candidates re-ranked: (product_id, score) in the final order, the ranker
         stage. `deadline` (epoch seconds, 0 = none): past it the request is dropped unscored."""
-        if arm not in self.slots:
-            arm = next(iter(self.slots))
         head = first["candidates"][:self.config.rerank_depth]
+        if arm not in self.slots and self.slots:
+            arm = next(iter(self.slots))
+        if arm not in self.slots or self.slots[arm].current[1] is None:
+            # no ranker (shadow only), or its alias names no version yet: the first stage's order
+            order = [(c["product_id"], c["score"]) for c in first["candidates"]]
+            self._maybe_shadow(query, head, order)
+            return {"order": order, "ranker": {}, "version": "none", "arm": arm, "replica": self.replica}
         version, scores = await self._score((arm, query, [c["text"] for c in head], deadline))
         if scores is None:
             raise TimeoutError("the ranking deadline passed before the request was scored")
         out = ranked_result(first, self.config.rerank_depth, scores, self.config.rerank_fusion_k, version, arm)
-        if self.shadow is not None and head:
-            asyncio.get_running_loop().create_task(self._shadow(query, head, out["order"]))
+        self._maybe_shadow(query, head, out["order"])
         return {**out, "replica": self.replica}
+
+    def _maybe_shadow(self, query: str, head: list[dict], served: list[tuple[str, float]]) -> None:
+        """Score this request with the shadow model after answering, for `shadow_share` of requests."""
+        if (self.shadow is not None and self.shadow.current[1] is not None and head
+                and random.random() < self.config.shadow_share):
+            asyncio.get_running_loop().create_task(self._shadow(query, head, served))
 
     async def _shadow(self, query: str, head: list[dict], served: list[tuple[str, float]]) -> None:
         try:
@@ -118,11 +147,14 @@ class Ranker:
             logger.exception("shadow scoring failed")
 
     def health(self) -> dict[str, Any]:
-        versions = {arm: slot.version for arm, slot in self.slots.items()}
-        detail = {"arms": versions}
+        versions = {arm: slot.version + (self.suffix if slot.current[1] is not None else "")
+                    for arm, slot in self.slots.items()}
+        caches = {arm: getattr(slot.current[1], "product_cache", None) for arm, slot in self.slots.items()}
+        detail = {"arms": versions, "product_cache": {a: c.stats() for a, c in caches.items() if c is not None}}
         if self.shadow is not None:
             agree = self.shadow_agreement
             detail["shadow"] = {"version": self.shadow.version, "requests": len(agree),
                                 "mean_top10_agreement": round(sum(agree) / len(agree), 4) if agree else None}
         errors = "; ".join(s.error for s in self.slots.values() if s.error)
-        return {"ready": True, "version": ",".join(f"{a}={v}" for a, v in versions.items()), "detail": str(detail) + errors}
+        return {"ready": True, "version": ",".join(f"{a}={v}" for a, v in versions.items()) or "none (shadow only)",
+                "detail": str(detail) + errors}

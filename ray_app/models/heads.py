@@ -180,11 +180,11 @@ class ResidualScore(CosineScore):
 
 
 def ranker_inputs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_length: int,
-                  pooling: str) -> dict[str, torch.Tensor]:
+                  pooling: str, docs_alone: bool = True) -> dict[str, torch.Tensor]:
     """Tensors a CrossEncoderRanker takes: the (query, product) pairs, plus, for the residual
-    pooling's bi-encoder term, each product alone (`d_`) and each DISTINCT query alone (`q_`) with
-    `q_index` giving every pair its query's row: a list of 50 products for one query encodes the
-    query once, not 50 times."""
+    pooling's bi-encoder term, each product alone (`d_`, left out with `docs_alone=False` when the
+    caller passes cached `d_vectors`) and each DISTINCT query alone (`q_`) with `q_index` giving
+    every pair its query's row: a list of 50 products for one query encodes the query once."""
     keys = ("input_ids", "attention_mask", "token_type_ids")
     enc = tokenizer(list(queries), list(docs), padding=True, truncation="only_second", max_length=max_length,
                     return_tensors="pt")
@@ -192,7 +192,7 @@ def ranker_inputs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_le
     if pooling == "residual":
         row: dict[str, int] = {}
         index = [row.setdefault(str(q), len(row)) for q in queries]
-        for prefix, texts in (("q_", list(row)), ("d_", docs)):
+        for prefix, texts in (("q_", list(row)), ("d_", docs))[:2 if docs_alone else 1]:
             single = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             out.update({prefix + k: single[k] for k in ("input_ids", "attention_mask")})
         out["q_index"] = torch.tensor(index, dtype=torch.long)
@@ -244,6 +244,10 @@ class CrossEncoderRanker(nn.Module):
     def _alone(self, input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor], what: str) -> torch.Tensor:
         if input_ids is None:
             raise ValueError(f"ranker pooling 'residual' needs the {what} encoded alone (see heads.ranker_inputs)")
+        return self.encode_alone(input_ids, attention_mask)
+
+    def encode_alone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled encoding of texts on their own (the residual score's bi-encoder side)."""
         return mean_pool(self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
                          attention_mask)
 
@@ -253,7 +257,9 @@ class CrossEncoderRanker(nn.Module):
             query = self._alone(alone.get("q_input_ids"), alone.get("q_attention_mask"), "query")
             if alone.get("q_index") is not None:  # distinct queries -> one row per pair
                 query = query[alone["q_index"]]
-            product = self._alone(alone.get("d_input_ids"), alone.get("d_attention_mask"), "product")
+            product = alone.get("d_vectors")  # cached product-alone vectors (models.scoring) or encoded here
+            if product is None:
+                product = self._alone(alone.get("d_input_ids"), alone.get("d_attention_mask"), "product")
             return self.score_head(query, product, self.dropout(mean_pool(hidden, attention_mask)))
         if self.pooling == "cls":
             return self.score_head(self.dropout(hidden[:, 0])).squeeze(-1)
@@ -269,13 +275,14 @@ class CrossEncoderRanker(nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, gains=None, groups=None,
                 q_input_ids=None, q_attention_mask=None, d_input_ids=None, d_attention_mask=None, q_index=None,
-                targets=None):
+                targets=None, d_vectors=None):
         """Scores, and with `gains` the loss: listwise on the gains, pointwise on `targets` in [0, 1]
         (the batch's own normalisation by grade scale; without them, gains are read as ESCI's)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                token_type_ids=token_type_ids).last_hidden_state
         alone = {"q_input_ids": q_input_ids, "q_attention_mask": q_attention_mask,
-                 "d_input_ids": d_input_ids, "d_attention_mask": d_attention_mask, "q_index": q_index}
+                 "d_input_ids": d_input_ids, "d_attention_mask": d_attention_mask, "q_index": q_index,
+                 "d_vectors": d_vectors}
         scores = self._score(hidden, attention_mask, token_type_ids, alone)
         out = {"scores": scores}
         if gains is not None:
@@ -285,21 +292,12 @@ class CrossEncoderRanker(nn.Module):
                 out["loss"] = pointwise_loss(scores, esci_targets(gains) if targets is None else targets)
         return out
 
-    @torch.no_grad()
     def score(self, query: str, docs: Sequence[str], tokenizer, max_length: int = 128,
-              batch_size: int = 64) -> list[float]:
-        """Relevance scores (logits) of `docs` for `query`, in input order."""
-        was_training = self.training
-        self.eval()
-        scores: list[float] = []
-        try:
-            for start in range(0, len(docs), batch_size):
-                chunk = [str(d) for d in docs[start:start + batch_size]]
-                enc = ranker_inputs(tokenizer, [query] * len(chunk), chunk, max_length, self.pooling)
-                scores += self.forward(**{k: v.to(_device(self)) for k, v in enc.items()})["scores"].float().cpu().tolist()
-        finally:
-            self.train(was_training)
-        return scores
+              batch_size: int = 64, cache=None) -> list[float]:
+        """Relevance scores (logits) of `docs` for `query`, in input order (see models.scoring)."""
+        from ray_app.models.scoring import score_pairs
+
+        return score_pairs(self, tokenizer, [query] * len(docs), docs, max_length, batch_size, cache)
 
 
 class BiEncoder(nn.Module):

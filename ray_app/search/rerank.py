@@ -44,17 +44,9 @@ class Rerank:
 def score_pairs(ranker, queries: Sequence[str], docs: Sequence[str], batch_size: int = 64) -> list[float]:
     """Cross-encoder scores of (query, product text) pairs that may belong to several requests: one
     forward pass per `batch_size` pairs however many queries they hold (Serve's cross-request
-    batching). `ranker` is a registry `LoadedModel` of task ranker; same scores as `ranker.score`."""
-    import torch
+    batching). `ranker` is a registry `LoadedModel` of task ranker (its product cache is used);
+    the same scores as `ranker.score`."""
+    from ray_app.models.scoring import score_pairs as model_scores
 
-    from ray_app.models.heads import ranker_inputs
-
-    model, scores = ranker.model, []
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(docs), batch_size):
-            enc = ranker_inputs(ranker.tokenizer, [str(q) for q in queries[start:start + batch_size]],
-                                [str(d) for d in docs[start:start + batch_size]], ranker.max_length, model.pooling)
-            scores += model(**{k: v.to(device) for k, v in enc.items()})["scores"].float().cpu().tolist()
-    return scores
+    return model_scores(ranker.model, ranker.tokenizer, queries, docs, ranker.max_length, batch_size,
+                        getattr(ranker, "product_cache", None))

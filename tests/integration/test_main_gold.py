@@ -52,7 +52,7 @@ def test_main_job_scores_the_intent_model_against_gold_labels(ray_session, tmp_p
 
     store = Store(result.db)
     stored = store.read_snapshot(result.snapshot, "judgments", columns=["query_id", "split"]).to_pylist()
-    assert len(stored) == len(judgments) and {j["split"] for j in stored} == {"test"}
+    assert len(stored) == len(judgments) and {j["split"] for j in stored} == {"test", "validation"}
     labels = store.read_snapshot(result.snapshot, "labels").to_pylist()
     rule = {(lab["target_id"], lab["task"]): lab for lab in labels if lab["source"] == "rule"}
     assert any(_differ(rule[(g["target_id"], g["task"])], g) for g in gold_lines

@@ -1,5 +1,6 @@
-"""The synthetic shop's held-out evaluation set: gold labels and judgments of test queries only,
-judgments that agree with the catalogue the shop wrote and with the hidden relevance."""
+"""The synthetic shop's held-out evaluation set: gold labels of test queries only, judgments of
+test and validation queries (never train), judgments that agree with the catalogue the shop
+wrote and with the hidden relevance."""
 from __future__ import annotations
 
 import json
@@ -35,18 +36,40 @@ def shop(tmp_path_factory):
     return out, result, queries, products
 
 
-def test_gold_and_judgments_name_test_queries_only(shop):
+def test_gold_names_test_queries_only_and_judgments_never_train(shop):
     out, _, queries, _ = shop
     split = dict(zip(queries["query_id"], queries["split"]))
     test_ids = {q for q, s in split.items() if s == "test"}
+    validation_ids = {q for q, s in split.items() if s == "validation"}
     gold_test = _jsonl(out / "gold_test_labels.jsonl")
     assert {g["target_id"] for g in gold_test} == test_ids  # every test query, and only those
     gold = {(g["target_id"], g["task"]): g for g in _jsonl(out / "gold_labels.jsonl")}
     assert all(g == gold[(g["target_id"], g["task"])] for g in gold_test)  # the generator's truth, unchanged
     assert not {h["target_id"] for h in _jsonl(out / "human_labels.jsonl")} & test_ids  # annotations train only
     judgments = pd.read_csv(out / "judgments.csv", keep_default_na=False)
-    assert set(judgments["query_id"]) <= test_ids and set(judgments["split"]) == {"test"}
+    assert set(judgments["query_id"]) <= test_ids | validation_ids
+    assert set(judgments["split"]) == {"test", "validation"}
+    assert all(split[q] == s for q, s in zip(judgments["query_id"], judgments["split"]))
+    # the test judgments do not depend on validation being judged (each split has its own stream)
+    from ray_app.synth_eval import JUDGED_SPLITS
+    alone = generate_judgments_of(SMALL, out.parent / "test-only", {"test": JUDGED_SPLITS["test"]})
+    pd.testing.assert_frame_equal(judgments[judgments["split"] == "test"].reset_index(drop=True), alone)
     assert set(judgments["grade"]) <= set("ESCI") and not judgments.duplicated(["query_id", "product_id"]).any()
+
+
+def generate_judgments_of(settings: dict, out: Path, splits: dict[str, int]) -> pd.DataFrame:
+    """The judgments the generator writes when only `splits` are judged."""
+    import ray_app.synth_eval as synth_eval
+
+    saved = dict(synth_eval.JUDGED_SPLITS)
+    synth_eval.JUDGED_SPLITS.clear()
+    synth_eval.JUDGED_SPLITS.update(splits)
+    try:
+        generate(GenerateConfig(out=str(out), **settings))
+    finally:
+        synth_eval.JUDGED_SPLITS.clear()
+        synth_eval.JUDGED_SPLITS.update(saved)
+    return pd.read_csv(out / "judgments.csv", keep_default_na=False)
 
 
 def _constraints(spans: list[dict], meta: dict) -> list:
@@ -76,7 +99,8 @@ def test_judgments_agree_with_the_catalogue_written(shop):
     category (or brand, when it names no category)."""
     out, _, queries, products = shop
     rows = {q.query_id: q for q in make_queries(SMALL["queries"], SMALL["seed"], build_vocab(SMALL["seed"]))}
-    gold = {g["target_id"]: g["spans"] for g in _jsonl(out / "gold_test_labels.jsonl") if g["task"] == "entity"}
+    # the generator's truth of every query (gold_labels.jsonl): validation queries are judged too
+    gold = {g["target_id"]: g["spans"] for g in _jsonl(out / "gold_labels.jsonl") if g["task"] == "entity"}
     judgments = pd.read_csv(out / "judgments.csv", keep_default_na=False)
     brand_category = 0
     for qid, judged in judgments.groupby("query_id"):
