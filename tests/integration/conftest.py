@@ -53,8 +53,11 @@ def serve_app(ray_session, tiny_shop):
 
 def pytest_collection_modifyitems(config, items):
     """Tests on the session's Serve run last: its replicas hold CPUs of the 2-CPU test Ray for as
-    long as it is up, which training and Ray Data tests would otherwise wait for."""
-    uses_serve = [item for item in items if "serve_app" in getattr(item, "fixturenames", ())]
-    if uses_serve:
-        rest = [item for item in items if "serve_app" not in getattr(item, "fixturenames", ())]
-        items[:] = rest + uses_serve
+    long as it is up, which training and Ray Data tests would otherwise wait for. `serve deploy`'s
+    own cluster (test_serve_deploy.py) runs just before them, while the session's Serve is not up."""
+    def group(item) -> int:
+        if "serve_app" in getattr(item, "fixturenames", ()):
+            return 2
+        return 1 if item.nodeid.split("::")[0].endswith("test_serve_deploy.py") else 0
+
+    items[:] = sorted(items, key=group)  # stable: the order within each group is kept
