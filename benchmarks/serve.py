@@ -79,13 +79,16 @@ def replica_threads() -> dict[str, Any]:
     return out
 
 
-def deploy_serve(workspace: str, port: int, ranker_model: str, query: str) -> dict[str, Any]:
+MODES = {"with_ranker": "none", "with_ranker_int8": "int8", "no_ranker": None}  # mode -> ranker_quantize (None: no ranker)
+
+
+def deploy_serve(workspace: str, port: int, ranker_model: str, query: str, quantize: str = "none") -> dict[str, Any]:
     """Deploy the app (one replica per deployment); time to healthy and to the first full answer."""
     from schemas.serving import ServeAppConfig
     from serve.app import DEPLOYMENTS
     from serve.run import start
 
-    config = ServeAppConfig(workspace=workspace, ranker_model=ranker_model, rules=RULES,
+    config = ServeAppConfig(workspace=workspace, ranker_model=ranker_model, rules=RULES, ranker_quantize=quantize,
                             deployments={d: {"num_replicas": 1} for d in DEPLOYMENTS})
     first = FirstSearch(f"http://127.0.0.1:{port}", query)
     t0 = time.perf_counter()
@@ -105,15 +108,17 @@ def load_levels(args, work: Path, queries_file: str, query: str, prefixes: list[
     out: dict[str, Any] = {"ray_init_s": ray_init_s}
     single = None
     try:
-        for mode, ranker_model in (("with_ranker", args.ranker_model), ("no_ranker", "none")):
+        for mode in args.modes:
+            quantize = MODES[mode] or "none"
+            ranker_model = args.ranker_model if MODES[mode] else "none"
             print(f"[serve bench] {mode}: deploying the Serve graph", file=sys.stderr, flush=True)
-            res: dict[str, Any] = {"ranker_model": ranker_model, "cold_start": {}}
+            res: dict[str, Any] = {"ranker_model": ranker_model, "ranker_quantize": quantize, "cold_start": {}}
             res["cold_start"]["serve"] = {"load_avg_before": load_avg(),
-                                          **deploy_serve(args.workspace, args.port, ranker_model, query)}
+                                          **deploy_serve(args.workspace, args.port, ranker_model, query, quantize)}
             res["serve_replica_omp_threads"] = replica_threads()
             res["cold_start"]["single"] = {"load_avg_before": load_avg()}
             single, cold = start_single(args.workspace, args.port + 1, ranker_model, args.torch_threads,
-                                        args.server_cpus, query, work / f"single-{mode}.log")
+                                        args.server_cpus, query, work / f"single-{mode}.log", quantize)
             res["cold_start"]["single"].update({"spawn_to_first_full_answer_s": cold["to_first_full_answer_s"], **cold})
             trees = {"serve": (os.getpid(), [single.pid], False), "single": (single.pid, [], True)}
             res["levels"] = {}
@@ -162,6 +167,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds per level (at least)")
     parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"load modes, from {', '.join(MODES)}")
     parser.add_argument("--ranker-model", default="ranker@production")
     parser.add_argument("--port", type=int, default=8300, help="Serve's port; the single process takes port + 1")
     parser.add_argument("--torch-threads", type=int, default=2, help="the single process's torch threads")
@@ -175,6 +181,10 @@ def main() -> None:
     args = parser.parse_args()
     args.workspace = str(Path(args.workspace).resolve())
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(unknown)}; known: {', '.join(MODES)}")
     cores = os.cpu_count() or 1
     args.server_cpus = args.server_cpus or f"0-{cores - 1}"
     if args.loadgen_cpu is None:
@@ -243,7 +253,11 @@ NOTES = [
     "the Serve graph's CPU (cores) during each single-process level; above its idle level it is work Serve was "
     "still doing for its own level's requests (a ranker batch goes on after its callers timed out).",
     "int8: torch.ao.quantization.quantize_dynamic on every nn.Linear of the ranker (qint8 weights, activations "
-    "quantised per batch); quality on the synthetic demo shop only.",
+    "quantised per batch); quality on the synthetic demo shop only. Mode with_ranker_int8 serves it in both servers "
+    "(ranker_quantize: int8).",
+    "Product cache: a loaded ranker keeps each product's encoding-alone (ray_app/models/scoring.py), in the Serve "
+    "Ranker and in the single process alike; model_cost's score_pairs_served is with every product new (cold), "
+    "score_pairs_served_cached with all of them seen before.",
 ]
 
 

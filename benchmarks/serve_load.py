@@ -153,10 +153,10 @@ def suggest_latency(base: str, prefixes: list[str]) -> dict[str, Any]:
 
 
 def start_single(workspace: str, port: int, ranker_model: str, threads: int, cpus: Optional[str], query: str,
-                 log_path: Path) -> tuple[subprocess.Popen, dict[str, Any]]:
+                 log_path: Path, quantize: str = "none") -> tuple[subprocess.Popen, dict[str, Any]]:
     """Launch benchmarks.single_process (pinned to `cpus`) and time it to its first full search answer."""
     cmd = [PYTHON, "-m", "benchmarks.single_process", "--workspace", workspace, "--port", str(port),
-           "--ranker-model", ranker_model, "--torch-threads", str(threads)]
+           "--ranker-model", ranker_model, "--torch-threads", str(threads), "--ranker-quantize", quantize]
     if cpus is not None:
         cmd = ["taskset", "-c", cpus] + cmd
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}

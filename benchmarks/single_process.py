@@ -53,6 +53,10 @@ class SingleProcessSearch:
         self.understander = (registry.load_model(config.understanding_model, task="intent_entity")
                              if config.understanding_model.lower() != "none" else None)
         self.ranker = registry.load_model(config.ranker_model, task="ranker") if config.ranker_model.lower() != "none" else None
+        if self.ranker is not None and config.ranker_quantize == "int8":  # as the Ranker deployment serves it
+            from ray_app.models.scoring import quantised_int8
+
+            self.ranker = quantised_int8(self.ranker)
         db = lancedb.connect(config.db, read_consistency_interval=timedelta(seconds=config.refresh_s))
         self.cat = LiveCatalogue(db.open_table("products"), self.encoder, config)
         self.rules = load_rules(config.rules) if config.rules else None
@@ -152,8 +156,9 @@ def main() -> None:
     parser.add_argument("--rerank-depth", type=int, default=20)
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="threads running the model stages")
+    parser.add_argument("--ranker-quantize", default="none", choices=["none", "int8"])
     args = parser.parse_args()
-    config = ServeAppConfig(workspace=args.workspace, ranker_model=args.ranker_model,
+    config = ServeAppConfig(workspace=args.workspace, ranker_model=args.ranker_model, ranker_quantize=args.ranker_quantize,
                             understanding_model=args.understanding_model, rerank_depth=args.rerank_depth,
                             rules=None if args.rules.lower() == "none" else args.rules)
     api = build_api(SingleProcessSearch(config, args.torch_threads, args.workers))
