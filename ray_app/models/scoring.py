@@ -19,7 +19,7 @@ DEFAULT_CACHE_ITEMS = 20_000  # 384 floats each for MiniLM: about 30 MB
 
 
 class ProductVectorCache:
-    """product text -> its mean-pooled encoding alone, least recently used evicted past `max_items`."""
+    """(max_length, product text) -> its mean-pooled encoding alone, least recently used evicted past `max_items`."""
 
     def __init__(self, max_items: int = DEFAULT_CACHE_ITEMS):
         if max_items < 1:
@@ -50,18 +50,21 @@ class ProductVectorCache:
 
 
 def _product_vectors(model, tokenizer, docs: list[str], max_length: int, cache: ProductVectorCache) -> torch.Tensor:
-    """One row per doc: cached vectors, the misses encoded alone in one padded batch and cached."""
-    missing = [d for d in dict.fromkeys(docs) if cache.get(d) is None]
+    """One row per doc: cached vectors, the misses encoded alone in one padded batch and cached
+    (keyed by max_length too: a text truncated at another length is another encoding)."""
+    keys = [f"{max_length}\x1f{d}" for d in docs]
+    missing = [k for k in dict.fromkeys(keys) if cache.get(k) is None]
     new = set(missing)
-    cache.misses += sum(1 for d in docs if d in new)
-    cache.hits += sum(1 for d in docs if d not in new)
+    cache.misses += sum(1 for k in keys if k in new)
+    cache.hits += sum(1 for k in keys if k not in new)
     if missing:
-        enc = tokenizer(missing, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        texts = [k.split("\x1f", 1)[1] for k in missing]
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         device = next(model.parameters()).device
         fresh = model.encode_alone(enc["input_ids"].to(device), enc["attention_mask"].to(device))
-        for text, vector in zip(missing, fresh):
-            cache.put(text, vector.detach())
-    return torch.stack([cache.get(d) for d in docs])
+        for key, vector in zip(missing, fresh):
+            cache.put(key, vector.detach())
+    return torch.stack([cache.get(k) for k in keys])
 
 
 def quantised_int8(loaded):

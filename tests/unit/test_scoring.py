@@ -33,6 +33,9 @@ def test_cached_scores_equal_uncached_across_queries_and_batches(ranker):
     assert cache.stats() == {"items": 4, "hits": 4, "misses": 4, "hit_rate": 0.5}
     # the model's own score() and a repeated product inside one call
     assert model.score("tv", [DOCS[1], DOCS[1]], tok, max_length=32, cache=cache) == pytest.approx([plain[1]] * 2, abs=1e-4)
+    # another max_length truncates differently: its own entries, the same scores as without a cache
+    short = score_pairs(model, tok, queries, DOCS, 8, cache=cache)
+    assert short == pytest.approx(score_pairs(model, tok, queries, DOCS, 8), abs=1e-4) and len(cache) == 8
 
 
 def test_a_hit_skips_the_product_encoding(ranker, monkeypatch):
