@@ -140,7 +140,7 @@ class Variant:
 def build_variants(loaded, precisions: Sequence[str], depths: Sequence[int], max_lengths: Sequence[int],
                    onnx_dir: Path, threads: int, log: Callable[[str], None]) -> tuple[list[Variant], dict[str, str]]:
     """Every precision x depth x max_length variant of a registry ranker, and why any precision is missing."""
-    from benchmarks.serve_models import quantised
+    from ray_app.models.scoring import quantised_int8
 
     backbone, pooling, tokenizer = loaded.model.backbone, loaded.model.pooling, loaded.tokenizer
     makers: dict[str, Callable[[int], Callable[[Sequence[str], Sequence[str]], list[float]]]] = {}
@@ -148,7 +148,7 @@ def build_variants(loaded, precisions: Sequence[str], depths: Sequence[int], max
     if "fp32" in precisions:
         makers["fp32"] = lambda n: _torch_pairs(loaded, n)
     if "int8" in precisions:
-        int8 = quantised(loaded)
+        int8 = quantised_int8(loaded)
         makers["int8"] = lambda n: _torch_pairs(int8, n)
     if {"onnx", "onnx-int8"} & set(precisions):
         try:

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import torch
 
+from ray_app.models.scoring import quantised_int8
+
 
 def timed(fn: Callable[[], Any], reps: int, warmup: int = 2) -> dict[str, float]:
     """Median and min wall time of `fn` in ms over `reps` calls after `warmup` calls."""
@@ -101,14 +103,6 @@ def speedup(slow: dict[str, float], fast: dict[str, float]) -> dict[str, float]:
     return {"median": round(slow["median_ms"] / fast["median_ms"], 2), "min": round(slow["min_ms"] / fast["min_ms"], 2)}
 
 
-def quantised(loaded):
-    """A copy of a registry LoadedModel with int8 dynamic quantisation on its Linear layers (what
-    the Ranker serves with `ranker_quantize: int8`)."""
-    from ray_app.models.scoring import quantised_int8
-
-    return quantised_int8(loaded)
-
-
 def model_costs(ranker, query: str, docs: list[str], queries: list[str], threads: list[int], reps: int) -> dict[str, Any]:
     """Part 1 and the int8 speed-up: ms, GFLOP/s and share of a matmul's rate, per torch thread count,
     and how far int8's scores are from fp32's on the same 50 candidates."""
@@ -117,7 +111,7 @@ def model_costs(ranker, query: str, docs: list[str], queries: list[str], threads
 
     encoder, tokenizer = load_encoder("minilm")
     encoder.eval()
-    int8 = quantised(ranker) if ranker is not None else None
+    int8 = quantised_int8(ranker) if ranker is not None else None
     cold = replace(ranker, product_cache=None) if ranker is not None else None
     cold8 = replace(int8, product_cache=None) if ranker is not None else None
     before = torch.get_num_threads()
@@ -188,7 +182,7 @@ def int8_quality(workspace: str, ranker, depths: list[int], max_queries: int | N
                     FusionSpec(rrf_k=config.rrf_k))
     hybrid.prepare(queries)
     systems: dict[str, Any] = {"hybrid": hybrid}
-    for label, model in (("fp32", ranker), ("int8", quantised(ranker))):
+    for label, model in (("fp32", ranker), ("int8", quantised_int8(ranker))):
         for depth in depths:
             rerank = systems[f"rerank@{depth}:{label}"] = Rerank(model, hybrid, cat.texts, depth, "hybrid")
             systems[f"rerank+rrf@{depth}:{label}"] = RerankFusion(rerank, config.rrf_k)

@@ -55,10 +55,13 @@ class ModelSlot:
             if not (optional_alias and "@" in spec):  # a version name that does not exist is a mistake
                 raise
             self.current: tuple[str, Any] = ("none", None)
-            self.error = f"{spec} names no version yet (serving without it until it is promoted): {exc}"
+            self.error = self._unset(f"{type(exc).__name__}: {exc}")
             logger.warning("model %s", self.error)
             return
         self.current = (version.name, self._load(version.name))
+
+    def _unset(self, error: str) -> str:
+        return f"{self.spec} names no version yet (serving without it until it is promoted): {error}"
 
     @property
     def version(self) -> str:
@@ -81,7 +84,7 @@ class ModelSlot:
             except Exception as exc:  # noqa: BLE001 - a broken promotion must not take the replica down
                 error = f"{type(exc).__name__}: {exc}"
                 if self.current[1] is None:
-                    error = f"{self.spec} names no version yet (serving without it until it is promoted): {error}"
+                    error = self._unset(error)
                 if error != self.error:  # once per new error, not every poll
                     logger.warning("model %s: keeping %s: %s", self.spec, self.current[0], error)
                 self.error = error

@@ -25,21 +25,21 @@ class ProductVectorCache:
         if max_items < 1:
             raise ValueError(f"a product vector cache holds at least 1 item, got {max_items}")
         self.max_items = max_items
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, text: str) -> Optional[torch.Tensor]:
-        vector = self._items.get(text)
+    def get(self, key: tuple[int, str]) -> Optional[torch.Tensor]:
+        vector = self._items.get(key)
         if vector is not None:
-            self._items.move_to_end(text)
+            self._items.move_to_end(key)
         return vector
 
-    def put(self, text: str, vector: torch.Tensor) -> None:
-        self._items[text] = vector
-        self._items.move_to_end(text)
+    def put(self, key: tuple[int, str], vector: torch.Tensor) -> None:
+        self._items[key] = vector
+        self._items.move_to_end(key)
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
 
@@ -52,13 +52,13 @@ class ProductVectorCache:
 def _product_vectors(model, tokenizer, docs: list[str], max_length: int, cache: ProductVectorCache) -> torch.Tensor:
     """One row per doc: cached vectors, the misses encoded alone in one padded batch and cached
     (keyed by max_length too: a text truncated at another length is another encoding)."""
-    keys = [f"{max_length}\x1f{d}" for d in docs]
+    keys = [(max_length, d) for d in docs]
     missing = [k for k in dict.fromkeys(keys) if cache.get(k) is None]
     new = set(missing)
     cache.misses += sum(1 for k in keys if k in new)
     cache.hits += sum(1 for k in keys if k not in new)
     if missing:
-        texts = [k.split("\x1f", 1)[1] for k in missing]
+        texts = [text for _, text in missing]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         device = next(model.parameters()).device
         fresh = model.encode_alone(enc["input_ids"].to(device), enc["attention_mask"].to(device))

@@ -52,10 +52,10 @@ def test_a_hit_skips_the_product_encoding(ranker, monkeypatch):
 def test_the_cache_is_bounded_least_recently_used_first():
     cache = ProductVectorCache(max_items=2)
     for text in ("a", "b"):
-        cache.put(text, torch.zeros(2))
-    assert cache.get("a") is not None  # a is now the most recent
-    cache.put("c", torch.ones(2))
-    assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 2
+        cache.put((32, text), torch.zeros(2))
+    assert cache.get((32, "a")) is not None  # a is now the most recent
+    cache.put((32, "c"), torch.ones(2))
+    assert cache.get((32, "b")) is None and cache.get((32, "a")) is not None and len(cache) == 2
     with pytest.raises(ValueError, match="at least 1"):
         ProductVectorCache(max_items=0)
 
