@@ -3,6 +3,7 @@
   python -m jobs.ingest --source generic --table products --path products.csv [--map item_id=product_id]
   python -m jobs.ingest --source esci  --path ../shared/data/esci150
   python -m jobs.ingest --source snips --path ../shared/data/snips
+  python -m jobs.ingest --source online-retail --path ../shared/data/online-retail
 
 Files: CSV/TSV, JSONL, JSON, Parquet (optionally .gz), a file, a folder or an s3:// / gs:// URI.
 Every row read is accounted for: read = accepted + quarantined + duplicates (per table, in
@@ -17,6 +18,11 @@ fractional means of several raters allowed) or `--grades perfect=3,good=2,bad=0`
 grades of the store's taxonomy, else ESCI letters; each judgment stores its gain and scale.
 Labels: `--table labels` takes the labels table's own columns (target_id, task, value, ...) or a
 shop's file keyed by query text (`query,intent`: task intent, source human), which fills `queries` too.
+Behaviour logs: `--table events` takes event_type, user_id, session_id, product_id, timestamp, quantity,
+value (a price or a rating) and ref_event_id (what a return cancels); a log of one kind names it with
+`--event-type purchase` (or `rating`); a row without a user but with a session is an anonymous session's.
+`--source online-retail` reads an invoice-line log (UCI Online Retail's columns) into products and events:
+cancellations become returns linked to their purchase, fees and postage stay out of the catalogue.
 Splits: `--test-fraction 0.4 --validation-fraction 0.1 --seed 13` puts each query, and with it its
 judgments, in a split by a hash of the query id (the same on every run: nothing leaks).
 """
@@ -30,6 +36,7 @@ from ray_app.cli import JobError, main_wrapper
 from ray_app.errors import describe, is_expected
 from ray_app.ingest.adapters import Source, esci_sources, judgment_sources, label_sources, list_files, snips_sources
 from ray_app.ingest.pipeline import ingest_table, known_format
+from ray_app.ingest.retail import retail_sources
 from ray_app.privacy import DEV_KEY_WARNING, resolve_key
 from ray_app.runtime import init_ray
 from ray_app.store import Store, schema_of
@@ -47,6 +54,8 @@ def plan_sources(config: IngestConfig) -> list[Source]:
             return esci_sources(config.path)
         if config.source == "snips":
             return snips_sources(config.path)
+        if config.source == "online-retail":
+            return retail_sources(config.path)
         if config.table is None:
             raise JobError("--table is required with --source generic (products, queries, users, events, judgments or labels)")
         files = list_files(config.path)
@@ -94,7 +103,7 @@ def run(config: IngestConfig) -> IngestResult:
     init_ray(config.ray_address, config.num_cpus, quiet=config.quiet)
     store = Store(config.db)
     ctx = {"pseudonym_key": key, "max_field_chars": config.max_field_chars, "split": config.split,
-           "dataset": config.source if config.source != "generic" else ""}
+           "dataset": config.source if config.source != "generic" else "", "event_type": config.event_type}
     if taxonomy is not None:
         warnings += declare_taxonomy(store, taxonomy, key, source=config.taxonomy)
     declared = declared_taxonomy(store)
@@ -122,7 +131,8 @@ def run(config: IngestConfig) -> IngestResult:
         if not config.quiet:
             reasons = ", ".join(f"{k} x{v}" for k, v in list(stats.quarantine_reasons.items())[:6])
             print(f"{stats.table:>10}: read {stats.read:,}  accepted {stats.accepted:,}  quarantined {stats.quarantined:,}"
-                  f"  duplicates {stats.duplicates:,}  -> version {stats.version}" + (f"  [{reasons}]" if reasons else ""),
+                  f"  duplicates {stats.duplicates:,}  -> version {stats.version}" + (f"  [{reasons}]" if reasons else "")
+                  + "".join(f"  {k} {v:,}" for k, v in stats.notes.items()),
                   file=sys.stderr)
     if declared is None and config.source == "snips":
         own = taxonomy_from_labels(store.read("labels", where="annotator = 'snips'"), "snips")

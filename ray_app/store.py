@@ -107,7 +107,13 @@ class Store:
         """Open a platform table, creating it empty with its schema on first use."""
         schema = schema_of(name)
         if self.exists(name):
-            return self.db.open_table(name)
+            tbl = self.db.open_table(name)
+            # a store written before a column was added to the record (Event.quantity, say) gets
+            # it as an all-null column, so old stores keep working without a migration step
+            missing = [f for f in schema if f.name not in tbl.schema.names and f.nullable]
+            if missing:
+                tbl.add_columns(missing)
+            return tbl
         return self.db.create_table(name, schema=schema, exist_ok=True)
 
     def upsert(self, name: str, data: pa.Table, insert_only: bool = False) -> WriteStats:

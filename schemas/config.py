@@ -86,12 +86,16 @@ class GenerateConfig(JobConfig):
 
 
 class IngestConfig(JobConfig):
-    source: Literal["generic", "esci", "snips"] = Field("generic", description="input format")
+    source: Literal["generic", "esci", "snips", "online-retail"] = Field(
+        "generic", description="input format; online-retail: an invoice-line log (UCI Online Retail's columns) "
+        "filling products and events")
     path: str = Field(..., description="file, folder or object-store URI to read")
     table: Optional[Literal["products", "queries", "users", "events", "judgments", "labels"]] = Field(
         None, description="target table (generic source; ESCI and SNIPS fill their own tables)")
     map: dict[str, str] = Field(default_factory=dict, description="column renames SRC=DST applied before validation")
     format: Optional[Literal["csv", "jsonl", "parquet"]] = Field(None, description="input format; default from the file extension")
+    event_type: Optional[str] = Field(None, description="events: the type of rows without an event_type column or value "
+                                      "(a purchases log: purchase; a ratings log: rating, stored as a purchase with the rating as value)")
     encoding: Optional[str] = Field(None, description="text encoding of legacy files, e.g. latin-1 (default: strict UTF-8; undecodable rows are quarantined)")
     pseudonym_key: Optional[str] = Field(None, description="key for hashing user ids (default $SHOPSEARCH_PSEUDONYM_KEY, else a development key with a warning)")
     taxonomy: Optional[str] = Field(None, description="YAML file declaring the label taxonomy (intents, entity_types, grades), saved into the store before ingesting; labels are checked against the store's taxonomy")

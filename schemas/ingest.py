@@ -19,6 +19,7 @@ class TableIngestStats(BaseModel):
     run_id: str
     quarantine_reasons: dict[str, int] = Field(default_factory=dict)
     ignored_columns: list[str] = Field(default_factory=list)  # input columns that map to no column of the table
+    notes: dict[str, int] = Field(default_factory=dict)  # events: returns and how many were linked to their purchase
 
 
 class IngestResult(BaseModel):

@@ -39,7 +39,7 @@ INTENTS: tuple[str, ...] = (
 ENTITY_TYPES: tuple[str, ...] = ("brand", "category", "product", "colour", "size", "price_range")
 ESCI_GRADES: tuple[str, ...] = ("E", "S", "C", "I")
 ESCI_GAIN: dict[str, int] = {"E": 3, "S": 2, "C": 1, "I": 0}  # the default scale (schemas.grades.ESCI)
-EVENT_TYPES: tuple[str, ...] = ("impression", "click", "add_to_cart", "purchase")
+EVENT_TYPES: tuple[str, ...] = ("impression", "click", "add_to_cart", "purchase", "return")
 LABEL_TASKS: tuple[str, ...] = ("intent", "entity", "relevance")
 LABEL_SOURCES: tuple[str, ...] = ("rule", "behaviour", "human", "model")
 # Higher wins when two sources label the same target and task.
@@ -90,7 +90,11 @@ class User(LanceModel):
 
 
 class Event(LanceModel):
-    """One behaviour event: impression, click, add_to_cart or purchase."""
+    """One behaviour event: impression, click, add_to_cart, purchase or return.
+
+    A user id starting with `anon-` is a shopper without an account: the pseudonym of the session
+    (an invoice without a customer), so an anonymous basket stays one user but never links to another.
+    """
 
     event_id: str
     event_type: str  # one of EVENT_TYPES
@@ -102,6 +106,9 @@ class Event(LanceModel):
     timestamp: datetime
     device: str = ""
     locale: str = "us"
+    quantity: Optional[int] = None  # units bought or returned (always >= 1; the type says which way)
+    value: Optional[float] = None  # unit price of a purchase or return, or a rating (a ratings log)
+    ref_event_id: Optional[str] = None  # a return: the purchase it cancels (None when that purchase is not in the store)
 
     _check_type = _one_of(EVENT_TYPES, "event_type")
 

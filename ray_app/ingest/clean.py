@@ -35,7 +35,10 @@ ALIASES: dict[str, dict[str, str]] = {
 }
 EVENT_ALIASES = {"view": "impression", "impression": "impression", "click": "click", "add-to-cart": "add_to_cart",
                  "add_to_cart": "add_to_cart", "addtocart": "add_to_cart", "cart": "add_to_cart", "atc": "add_to_cart",
-                 "purchase": "purchase", "order": "purchase", "buy": "purchase", "conversion": "purchase"}
+                 "purchase": "purchase", "order": "purchase", "buy": "purchase", "conversion": "purchase",
+                 "return": "return", "refund": "return", "cancel": "return", "cancellation": "return",
+                 "rating": "purchase", "rate": "purchase", "review": "purchase"}  # a rating says the shopper had the item
+ANONYMOUS_PREFIX = "anon-"
 def product_missing_fields(row: dict) -> list[str]:
     """Optional product fields that are empty (filled with a default) in a finished row."""
     return [f for f in ("description", "brand", "price", "rating", "stock", "image_url")
@@ -86,16 +89,29 @@ def clean_user(d: dict, ctx: CleanContext) -> dict:
 
 
 def clean_event(d: dict, ctx: CleanContext) -> dict:
-    raw_type = text_field(d, "event_type", ctx, required=True).lower()
+    raw_type = (text_field(d, "event_type", ctx) or ctx.event_type or "").lower()
+    if not raw_type:
+        raise Reject("event_type", "required value is missing (a log of one kind of event: --event-type purchase)")
     if raw_type not in EVENT_ALIASES:
         raise Reject("event_type", f"{raw_type!r} is not one of {', '.join(EVENT_TYPES)}")
-    user = pseudonymise(text_field(d, "user_id", ctx, required=True), ctx.pseudonym_key)
     session = pseudonymise_session(text_field(d, "session_id", ctx), ctx.pseudonym_key)
+    raw_user = text_field(d, "user_id", ctx)
+    if not raw_user and not session:
+        raise Reject("user_id", "required value is missing (and no session_id to keep the event as an anonymous session's)")
+    # no account: the session is the user, marked anonymous so it never counts as a returning shopper
+    user = pseudonymise(raw_user, ctx.pseudonym_key) if raw_user else ANONYMOUS_PREFIX + session
+    quantity = number_field(d, "quantity", integer=True)
+    if quantity is not None and quantity == 0:
+        raise Reject("quantity", "0 units: nothing was bought or returned")
+    if quantity is not None and quantity < 0 and EVENT_ALIASES[raw_type] != "return":
+        raise Reject("quantity", f"{quantity} units on a {EVENT_ALIASES[raw_type]}: a stock adjustment, or a return not marked as one")
     row = {"event_type": EVENT_ALIASES[raw_type], "user_id": user, "session_id": session,
            "query_id": text_field(d, "query_id", ctx), "product_id": text_field(d, "product_id", ctx, required=True),
            "position": number_field(d, "position", lo=1, integer=True),
            "timestamp": timestamp_field(d, "timestamp", ctx, required=True), "device": text_field(d, "device", ctx).lower(),
-           "locale": (text_field(d, "locale", ctx) or "us").lower()}
+           "locale": (text_field(d, "locale", ctx) or "us").lower(),
+           "quantity": abs(quantity) if quantity is not None else None, "value": number_field(d, "value"),
+           "ref_event_id": text_field(d, "ref_event_id", ctx) or None}
     # Without an id from the feed, the id derives from the content; the pipeline then numbers
     # repeats of the same content within one feed (a double click, two lines of one invoice), so
     # genuine repeats stay separate events while a re-run of the same feed adds nothing.

@@ -22,10 +22,11 @@ from schemas.taxonomy import Taxonomy
 class Reject(ValueError):
     """A record that cannot become a row: `field` and a human-readable reason."""
 
-    def __init__(self, field_name: str, reason: str):
+    def __init__(self, field_name: str, reason: str, record: Optional[dict] = None):
         super().__init__(f"{field_name}: {reason}" if field_name else reason)
         self.field = field_name
         self.reason = reason
+        self.record = record  # what an adapter derived for its table, kept in quarantine when the raw row is another table's
 
 
 @dataclass
@@ -41,6 +42,7 @@ class CleanContext:
     test_fraction: float = 0.0
     validation_fraction: float = 0.0
     taxonomy: Optional[Taxonomy] = None  # the store's label taxonomy; None: a dataset's own vocabulary (SNIPS)
+    event_type: Optional[str] = None  # events: the type of rows that name none (a purchases or ratings log)
 
 
 # A number as shops write it: an optional currency symbol or ISO code before or after, thousands

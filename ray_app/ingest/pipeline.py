@@ -6,7 +6,7 @@ plan work units on the driver: JSONL files are cut into line-aligned byte ranges
      parallel tasks (row number and raw text kept; each row ok or quarantined with a reason)
   -> write_lance into this run's own staging dataset (parallel Lance writers)
 then on the driver (ray_app.ingest.resolve): number repeated events, de-duplicate by key (latest
-row wins), complete partial rows from the stored ones, then one merge_insert commit into the
+row wins; a product's other titles kept as variants), link returns to the purchases they cancel, complete partial rows from the stored ones, then one merge_insert commit into the
 table (one new version; a crash before it leaves the table untouched, so a re-run is clean),
 the quarantined rows into `quarantine` (ids derived from source + row + reason: re-runs don't
 duplicate them; identifiers in rows of `users`, `events` and `labels` pseudonymised, the row
@@ -30,7 +30,8 @@ import ray
 from ray_app.ids import stable_id
 from ray_app.ingest.clean import AUTO_KEY, IGNORED_KEY, PRESENT_KEY, CleanContext, Reject, clean_record
 from ray_app.ingest.readers import detect_format, line_range, parse_file, read_bytes
-from ray_app.ingest.resolve import dedup_latest, keep_stored_splits, keys_filter, merge_partial, number_repeats
+from ray_app.ingest.resolve import (dedup_latest, keep_stored_splits, keep_variants, keys_filter, link_returns, merge_partial,
+                                    number_repeats)
 from ray_app.ingest.quarantine import PERSONAL_TABLES, reason_kind, redact_personal
 from ray_app.store import Store, rows_to_arrow, schema_of, utcnow
 from schemas.ingest import TableIngestStats
@@ -125,9 +126,9 @@ def _process_units(batch: dict[str, Any], table: str, ctx_kwargs: dict, mapping:
             if transform is not None:
                 try:
                     records = transform(raw["_data"], str(path))
-                except Reject as exc:
-                    out.append(_quarantine(meta, "" if derived else raw["_raw"], None if derived else raw["_data"],
-                                           exc.reason, exc.field, ctx, {}))
+                except Reject as exc:  # the raw row, read through the source's mapping so its ids are redacted
+                    out.append(_quarantine(meta, "" if derived else raw["_raw"], exc.record if derived else raw["_data"],
+                                           exc.reason, exc.field, ctx, mapping))
                     continue
             for i, record in enumerate(records):
                 meta = {**meta, "_sub": i}
@@ -173,6 +174,11 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
     if table == "events":
         ok = number_repeats(ok)
     accepted, duplicates = dedup_latest(ok, TABLE_KEYS[table])
+    notes: dict[str, int] = {}
+    if table == "products":
+        accepted = keep_variants(ok, accepted)
+    if table == "events":
+        accepted, notes = link_returns(accepted, lambda users: _stored_purchases(store, users))
     key = TABLE_KEYS[table][0]
     accepted, rejected = merge_partial(table, accepted, key, lambda keys: _read_keys(store, table, key, keys),
                                        [f.name for f in schema_of(table)])
@@ -197,8 +203,8 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
                               quarantined=len(quarantine_rows), duplicates=duplicates,
                               inserted=stats.inserted if stats else 0, updated=stats.updated if stats else 0,
                               version=version, quarantine_reasons=dict(reasons.most_common()), run_id=run_id,
-                              ignored_columns=ignored)
-    store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons", "ignored_columns"}),
+                              ignored_columns=ignored, notes=notes)
+    store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons", "ignored_columns", "notes"}),
                                                "started_at": started, "finished_at": utcnow()}], "ingest_runs"))
     _remove(staging)
     return result
@@ -212,6 +218,15 @@ def _read_keys(store: Store, table: str, key: str, keys: list[str]) -> pa.Table:
         return store.read(table, where=keys_filter(key, keys))
     stored = store.read(table)
     return stored.filter(pc.is_in(stored.column(key), value_set=pa.array(keys, pa.string())))
+
+
+def _stored_purchases(store: Store, users: list[str]) -> pa.Table:
+    """The stored purchases of these users (what a return in this feed may cancel)."""
+    if not store.exists("events"):
+        return schema_of("events").empty_table()
+    parts = [store.read("events", where=f"event_type = 'purchase' AND {keys_filter('user_id', users[i:i + 1000])}")
+             for i in range(0, len(users), 1000)]
+    return pa.concat_tables(parts) if parts else schema_of("events").empty_table()
 
 
 def _remove_stale(staging_root: str) -> None:

@@ -12,6 +12,7 @@ unit-tested on its own:
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any, Callable
 
@@ -123,3 +124,62 @@ def keep_stored_splits(table: str, rows: pa.Table, keys: list[str],
     if not kept:
         return rows, 0
     return rows.set_column(rows.schema.get_field_index("split"), "split", pa.array(splits, pa.string())), kept
+
+
+def keep_variants(ok: pa.Table, kept: pa.Table, key: str = "product_id", column: str = "title") -> pa.Table:
+    """The latest row of a key wins; the other values of `column` its rows carried stay in
+    attributes.<column>_variants (most frequent first), so a product sold under several
+    descriptions is still found by each."""
+    if kept.num_rows == 0 or ok.num_rows == kept.num_rows or column not in ok.column_names:
+        return kept
+    counts = ok.select([key, column]).filter(pc.is_valid(ok.column(column))).group_by([key, column]).aggregate(
+        [([], "count_all")]).to_pylist()
+    seen: dict[str, list[tuple[int, str]]] = {}
+    for r in counts:
+        seen.setdefault(r[key], []).append((r["count_all"], r[column]))
+    many = {k: v for k, v in seen.items() if len(v) > 1}
+    if not many:
+        return kept
+    keys, values, attrs = kept.column(key).to_pylist(), kept.column(column).to_pylist(), kept.column("attributes").to_pylist()
+    for i, k in enumerate(keys):
+        if k not in many:
+            continue
+        others = [text for _, text in sorted(many[k], key=lambda cv: (-cv[0], cv[1])) if text != values[i]]
+        current = json.loads(attrs[i] or "{}")
+        attrs[i] = json.dumps({**current, f"{column}_variants": others}, ensure_ascii=False)
+    return kept.set_column(kept.schema.get_field_index("attributes"), "attributes", pa.array(attrs, pa.string()))
+
+
+def link_returns(rows: pa.Table, stored_purchases: Callable[[list[str]], pa.Table]) -> tuple[pa.Table, dict[str, int]]:
+    """A return without `ref_event_id` is linked to the latest purchase of the same product by the
+    same (not anonymous) user at or before it, in this feed or already stored. Returns the rows
+    and counts {returns, returns_linked}; a return whose purchase predates the log stays unlinked."""
+    if rows.num_rows == 0 or "ref_event_id" not in rows.column_names:
+        return rows, {}
+    is_return = pc.equal(rows.column("event_type"), "return")
+    n_returns = pc.sum(pc.cast(is_return, pa.int64())).as_py() or 0
+    if not n_returns:
+        return rows, {}
+    import pandas as pd
+
+    cols = ["event_id", "event_type", "user_id", "product_id", "timestamp", "ref_event_id"]
+    frame = rows.select(cols).to_pandas()
+    frame["_i"] = range(len(frame))
+    todo = frame[(frame.event_type == "return") & frame.ref_event_id.isna() & ~frame.user_id.str.startswith("anon-")]
+    if len(todo):
+        users = sorted(set(todo.user_id))
+        stored = stored_purchases(users).select(cols[:5]).to_pandas()
+        buys = pd.concat([frame[frame.event_type == "purchase"][cols[:5]], stored], ignore_index=True)
+        buys = buys[buys.user_id.isin(users)].drop_duplicates("event_id")
+        if len(buys):
+            # merge_asof wants both sides sorted by the time key; `by` matches user and product
+            left = todo.sort_values("timestamp")[["_i", "user_id", "product_id", "timestamp"]]
+            right = buys.sort_values("timestamp").rename(columns={"event_id": "_ref"})[["_ref", "user_id", "product_id", "timestamp"]]
+            matched = pd.merge_asof(left, right, on="timestamp", by=["user_id", "product_id"], direction="backward")
+            refs = rows.column("ref_event_id").to_pylist()
+            for i, ref in zip(matched["_i"], matched["_ref"]):
+                if isinstance(ref, str):
+                    refs[int(i)] = ref
+            rows = rows.set_column(rows.schema.get_field_index("ref_event_id"), "ref_event_id", pa.array(refs, pa.string()))
+    linked = rows.filter(is_return).column("ref_event_id").null_count
+    return rows, {"returns": n_returns, "returns_linked": n_returns - linked}

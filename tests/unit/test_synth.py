@@ -119,7 +119,8 @@ def test_events_reference_existing_rows(shop):
     with_query = events[events["query_id"] != ""]
     assert set(with_query["query_id"]) <= set(pd.read_csv(out / "queries.csv")["query_id"])
     assert len(with_query) > 0.8 * len(events)
-    assert events["event_id"].is_unique and set(events["event_type"]) == set(EVENT_TYPES)
+    # the generator writes the search funnel; returns come from order logs (online-retail)
+    assert events["event_id"].is_unique and set(events["event_type"]) == set(EVENT_TYPES) - {"return"}
     assert events["position"].between(1, 10).all() and events["timestamp"].is_monotonic_increasing
 
 
