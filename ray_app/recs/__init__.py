@@ -1,0 +1,1 @@
+"""Offline recommendation evaluation (pure, no Ray): purchase splits, ranking metrics, baselines and the report."""
