@@ -5,7 +5,9 @@
 
 Tasks: intent_entity (joint intent + BIO entities from queries + resolved labels), ranker
 (cross-encoder on ESCI judgments, --ranker-loss listwise|pointwise), retriever (bi-encoder,
-InfoNCE with in-batch + hard negatives). The last stdout line is the JSON TrainResult: model
+InfoNCE with in-batch + hard negatives), recommender (two towers on purchases: the item tower the
+encoder over product text, LoRA or --text-tower frozen; trained on the train part of the
+--recs-split time|per_user split that jobs.evaluate_recs reproduces). The last stdout line is the JSON TrainResult: model
 version, snapshot, best-epoch metrics, train seconds.
 """
 from __future__ import annotations

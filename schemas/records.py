@@ -212,6 +212,19 @@ class TaxonomyRecord(LanceModel):
     declared_at: datetime
 
 
+class Recommendation(LanceModel):
+    """A user's precomputed top-N (jobs.recommend), stamped with the model version that made it."""
+
+    user_id: str  # pseudonymised, as in events
+    product_ids: list[str]
+    scores: list[float]  # the model's purchase probability per product, same order
+    locale: str = ""
+    history_items: int = 0  # how many past items the user vector read (0: a cold-start list)
+    model_version: str
+    snapshot: str = ""  # the data it was computed from ("" = the live tables)
+    created_at: datetime
+
+
 class Snapshot(LanceModel):
     """A named, readable-later set of table versions."""
 
@@ -233,6 +246,7 @@ TABLE_MODELS: dict[str, type[LanceModel]] = {
     "ingest_runs": IngestRun,
     "snapshots": Snapshot,
     "taxonomy": TaxonomyRecord,
+    "recommendations": Recommendation,
 }
 TABLE_KEYS: dict[str, list[str]] = {
     "products": ["product_id"],
@@ -245,6 +259,7 @@ TABLE_KEYS: dict[str, list[str]] = {
     "ingest_runs": ["run_id"],
     "snapshots": ["name"],
     "taxonomy": ["name"],
+    "recommendations": ["user_id"],
 }
 # Tables holding the shop's data (what a snapshot pins); the rest is bookkeeping.
 DATA_TABLES: tuple[str, ...] = ("products", "queries", "users", "events", "judgments", "labels", "quarantine", "taxonomy")

@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.config import MODELS_ENV, JobConfig, workspace_path
 
-TASKS: tuple[str, ...] = ("intent_entity", "ranker", "retriever")
+TASKS: tuple[str, ...] = ("intent_entity", "ranker", "retriever", "recommender")
 # Validation metric each task selects checkpoints and early-stops on (higher is better).
-TASK_METRIC: dict[str, str] = {"intent_entity": "val_score", "ranker": "val_ndcg@10", "retriever": "val_mrr"}
-DEFAULT_BATCH_SIZE: dict[str, int] = {"intent_entity": 32, "ranker": 8, "retriever": 32}
-DEFAULT_MAX_LENGTH: dict[str, int] = {"intent_entity": 64, "ranker": 128, "retriever": 96}
+TASK_METRIC: dict[str, str] = {"intent_entity": "val_score", "ranker": "val_ndcg@10", "retriever": "val_mrr",
+                             "recommender": "val_ndcg@10"}
+DEFAULT_BATCH_SIZE: dict[str, int] = {"intent_entity": 32, "ranker": 8, "retriever": 32, "recommender": 32}
+DEFAULT_MAX_LENGTH: dict[str, int] = {"intent_entity": 64, "ranker": 128, "retriever": 96, "recommender": 32}
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("query", "key", "value", "dense")
 
 
@@ -32,7 +33,7 @@ class LoraSettings(BaseModel):
 class TrainConfig(JobConfig):
     """`python -m jobs.train`: fine-tune one task head on a dataset snapshot with Ray Train."""
 
-    task: Literal["intent_entity", "ranker", "retriever"] = Field(..., description="which model to train")
+    task: Literal["intent_entity", "ranker", "retriever", "recommender"] = Field(..., description="which model to train")
     snapshot: str = Field(..., description="dataset snapshot name (python -m jobs.snapshot)")
     base_model: str = Field("minilm", description="encoder: minilm (packaged all-MiniLM-L6-v2), tiny-bert, a folder or an HF id")
     lora: bool = Field(True, description="LoRA adapters (else full fine-tuning)")
@@ -61,6 +62,16 @@ class TrainConfig(JobConfig):
     oos_threshold: float = Field(0.5, ge=0, le=1, description="intent confidence below this -> fallback intent")
     fallback_intent: str = Field("out_of_scope")
     word_shape: bool = Field(False, description="intent_entity: add a learned embedding of each word's shape (lower, Capitalised, UPPER, digit, mixed) to the input tokens; an uncased tokenizer otherwise loses the casing that marks names")
+    # recommender: the evaluation split it trains on the train part of (stored with the model, so
+    # jobs.evaluate_recs reproduces it), and its examples
+    recs_split: Literal["time", "per_user"] = Field("time", description="recommender: train on the train part of the time split (purchases before --recs-cut) or of the per-user split")
+    recs_cut: Optional[str] = Field(None, description="recommender, time split: ISO date of the cut (default: the date leaving --recs-test-share of purchases after it)")
+    recs_test_share: Optional[float] = Field(None, gt=0, lt=1, description="recommender: share of purchases in the test part (default 0.2 time, 0.25 per user)")
+    max_history: int = Field(20, ge=1, le=200, description="recommender: recent distinct items the user tower reads")
+    targets_per_basket: int = Field(3, ge=1, description="recommender: next-basket items per training example's basket")
+    sampled_negatives: int = Field(4, ge=0, description="recommender: catalogue items sampled uniformly per example as extra negatives")
+    text_tower: Literal["lora", "frozen"] = Field("lora", description="recommender: tune the text encoder of the item tower with LoRA, or keep it frozen (its vectors computed once; training then costs the towers only, minutes on a CPU)")
+    id_dropout: float = Field(0.3, ge=0, le=1, description="recommender: share of training item vectors whose ID embedding is dropped, so the text part alone can place an item never sold")
     # Ray Train
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL, bf16 autocast")
@@ -80,7 +91,7 @@ class TrainConfig(JobConfig):
         return self
 
     def lora_settings(self) -> Optional[LoraSettings]:
-        if not self.lora:
+        if not self.lora or (self.task == "recommender" and self.text_tower == "frozen"):
             return None
         return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
                             target_modules=list(self.lora_targets))

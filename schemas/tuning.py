@@ -24,7 +24,8 @@ NOT_SEARCHABLE = frozenset({
     "db", "ray_address", "num_cpus", "quiet", "task", "snapshot", "base_model", "lora_targets",
     "validation_fraction", "max_train_examples", "num_workers", "use_gpu", "cpus_per_worker",
     "keep_checkpoints", "max_failures", "storage_path", "run_name", "models_dir", "alias",
-    "fallback_intent",
+    "fallback_intent", "recs_split", "recs_cut", "recs_test_share", "max_history", "targets_per_basket",
+    "sampled_negatives", "text_tower",  # the recommender's data (built once for every trial) and its text tower
 })
 SYNTAX = ("NAME=KIND:ARGS with KIND one of fixed:V (or just NAME=V), choice:A,B,C, uniform:LO:HI, "
           "loguniform:LO:HI, randint:LO:HI (HI excluded), ratio:K (lora_alpha = K x lora_r)")

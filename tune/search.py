@@ -66,7 +66,7 @@ def run(config: TuneConfig) -> TuneResult:
     from ray_app.runtime import init_ray
     from ray_app.store import Store
     from ray_app.training.data import load_task_data
-    from ray_app.training.trainer import build_task_model, register_checkpoint
+    from ray_app.training.trainer import build_task_model, recs_options, register_checkpoint
     from tune.report import kept_best_row, model_metrics, recorder, recording_asha, summarize, write_summary
     from tune.trial import run_trial, to_domains
 
@@ -76,7 +76,7 @@ def run(config: TuneConfig) -> TuneResult:
     specs = config.param_specs()
     metric, max_t = base_cfg.metric_name(), config.max_epochs()
     data = load_task_data(Store(config.db), config.snapshot, config.task, config.validation_fraction,
-                          config.seed, config.hard_negatives, config.max_train_examples)
+                          config.seed, config.hard_negatives, config.max_train_examples, recs=recs_options(base_cfg))
     for split in ("train", "validation"):
         if not data.splits[split]:
             raise JobError(f"snapshot {config.snapshot!r} has no {split} examples for {config.task}"

@@ -348,6 +348,10 @@ HEADS: dict[str, type[nn.Module]] = {"intent_entity": JointIntentEntityModel, "r
 
 def build_head(task: str, backbone: nn.Module, head_config: dict[str, Any]) -> nn.Module:
     """A head of `task` on `backbone` from its saved `head_config()`."""
+    if task == "recommender":  # its own module: the two towers are not an encoder head like the others
+        from ray_app.models.recommender import TwoTowerRecommender
+
+        return TwoTowerRecommender(backbone, **head_config)
     if task not in HEADS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(HEADS)}")
     if task == "ranker":  # rankers saved before `pooling` existed read [CLS]

@@ -201,12 +201,17 @@ def _retriever_rows(judged: Judged, gains: GainMap, hard_negatives: int) -> list
 
 
 def load_task_data(store: Store, snapshot: str, task: str, validation_fraction: float = 0.1, seed: int = 13,
-                   hard_negatives: int = 1, max_train_examples: Optional[int] = None) -> TaskData:
+                   hard_negatives: int = 1, max_train_examples: Optional[int] = None,
+                   recs: Optional[dict[str, Any]] = None) -> TaskData:
     """Examples for `task` from snapshot `snapshot`; JobError on unknown snapshot or empty train split."""
     try:
         table_versions = store.snapshot_versions(snapshot)
     except StoreError as exc:
         raise JobError(str(exc)) from exc
+    if task == "recommender":
+        from ray_app.recs.data import recommender_task_data
+
+        return recommender_task_data(store, snapshot, table_versions, recs or {}, validation_fraction, seed, max_train_examples)
     notes: list[str] = []
     if task == "intent_entity":
         built, split_of = _intent_entity(store, snapshot)

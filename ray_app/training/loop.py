@@ -90,9 +90,10 @@ def _maybe_fail(cfg: dict[str, Any], epoch: int, rank: int) -> None:
 
 
 def rank_slice(batches: Iterable[dict[str, Any]], rank: int, world: int) -> Iterator[dict[str, Any]]:
-    """The rows of each batch whose query_id hashes to `rank` (whole queries stay together)."""
+    """The rows of each batch whose query_id (recommender: user_id) hashes to `rank` (whole queries stay together)."""
     for batch in batches:
-        keep = np.array([zlib.crc32(str(q).encode()) % world == rank for q in batch["query_id"]], dtype=bool)
+        keys = batch["query_id"] if "query_id" in batch else batch["user_id"]
+        keep = np.array([zlib.crc32(str(q).encode()) % world == rank for q in keys], dtype=bool)
         if keep.any():
             yield {k: v[keep] for k, v in batch.items()}
 
@@ -115,7 +116,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import ray.train.torch
 
     from ray_app.models.lora import build_model, unwrap
-    from ray_app.training.tasks import TASK_FUNCS
+    from ray_app.training.tasks import EPOCH_START, TASK_FUNCS
     from schemas.training import LoraSettings
 
     ctx = ray.train.get_context()
@@ -149,6 +150,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         model.train()
         loss_sum, steps = 0.0, 0
         shard = ray.train.get_dataset_shard("train")
+        if cfg["task"] in EPOCH_START:  # per-epoch state of a task (the recommender's item cache)
+            cfg = {**cfg, **EPOCH_START[cfg["task"]](unwrap(model), shard, tokenizer, cfg, device)}
         for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy",
                                         local_shuffle_buffer_size=max(cfg.get("shuffle_buffer", 256), 4 * cfg["batch_size"]),
                                         local_shuffle_seed=cfg["seed"] * 1000 + epoch):

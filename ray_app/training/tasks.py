@@ -214,7 +214,23 @@ def finalize_retriever(sums: dict[str, float]) -> dict[str, float]:
             "val_recall@10": sums["recall@10"] / n if n else 0.0, "val_queries": n}
 
 
+def _recommender_epoch_start(*args, **kwargs):
+    from ray_app.recs.task import epoch_start
+
+    return epoch_start(*args, **kwargs)
+
+
+EPOCH_START = {"recommender": _recommender_epoch_start}
+
+
+def _recommender_funcs():
+    from ray_app.recs.task import collate_recommender, evaluate_recommender, finalize_recommender
+
+    return collate_recommender, evaluate_recommender, finalize_recommender
+
+
 TASK_FUNCS = {
+    "recommender": _recommender_funcs(),
     "intent_entity": (collate_intent_entity, evaluate_intent_entity, finalize_intent_entity),
     "ranker": (collate_ranker, evaluate_ranker, finalize_ranker),
     "retriever": (collate_retriever, evaluate_retriever, finalize_retriever),

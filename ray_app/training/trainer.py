@@ -32,6 +32,10 @@ def head_config(config: TrainConfig, label_spaces: dict[str, list[str]]) -> dict
                 "word_shape": config.word_shape}
     if config.task == "ranker":
         return {"loss": config.ranker_loss, "pooling": config.ranker_pooling}
+    if config.task == "recommender":
+        return {"locales": label_spaces.get("locales", []), "items": label_spaces.get("items", []),
+                "max_history": config.max_history, "temperature": config.temperature, "id_dropout": config.id_dropout,
+                "frozen_text": config.text_tower == "frozen"}
     return {"temperature": config.temperature}
 
 
@@ -45,7 +49,15 @@ def loop_config(config: TrainConfig, data: TaskData) -> dict[str, Any]:
             "max_length": config.seq_len(), "patience": config.patience, "seed": config.seed,
             "metric": config.metric_name(), "use_gpu": config.use_gpu, "cpus_per_worker": config.cpus_per_worker,
             "list_size": config.list_size, "batch_negatives": config.batch_negatives, "hard_negatives": config.hard_negatives,
+            "sampled_negatives": config.sampled_negatives,
             "num_train_examples": len(data.splits["train"])}
+
+
+def recs_options(config: TrainConfig) -> dict[str, Any]:
+    """The recommender's split and example settings (jobs.evaluate_recs reads them back from the version's config)."""
+    return {"recs_split": config.recs_split, "recs_cut": config.recs_cut, "recs_test_share": config.recs_test_share,
+            "seed": config.seed, "max_history": config.max_history, "targets_per_basket": config.targets_per_basket,
+            "sampled_negatives": config.sampled_negatives}
 
 
 def _check_resources(config: TrainConfig) -> None:
@@ -156,7 +168,7 @@ def run_training(config: TrainConfig, store: Optional[Store] = None,
     started = time.monotonic()
     store = store or Store(config.db)
     data = load_task_data(store, config.snapshot, config.task, config.validation_fraction, config.seed,
-                          config.hard_negatives, config.max_train_examples)
+                          config.hard_negatives, config.max_train_examples, recs=recs_options(config))
     if not data.splits["validation"]:
         raise JobError(f"snapshot {config.snapshot!r} has no validation examples for {config.task} "
                        f"and too few train queries to carve some")

@@ -111,3 +111,23 @@ def test_the_latest_title_wins_and_the_others_are_kept_as_variants():
     out = keep_variants(ok, kept).to_pylist()
     assert json.loads(out[0]["attributes"]) == {"colour": "blue", "title_variants": ["MUG, BLUE"]}
     assert out[1]["attributes"] == "{}"
+
+
+def test_a_store_written_before_the_new_event_columns_gets_them_as_nulls(tmp_path):
+    """Event.quantity/value/ref_event_id were added after stores existed: such a store keeps working."""
+    import lancedb
+
+    from ray_app.store import Store, rows_to_arrow
+
+    old = schema_of("events")
+    old = pa.schema([f for f in old if f.name not in ("quantity", "value", "ref_event_id")])
+    db = lancedb.connect(str(tmp_path))
+    db.create_table("events", data=pa.Table.from_pylist([{
+        "event_id": "e0", "event_type": "click", "user_id": "u_x", "session_id": "", "query_id": "q", "product_id": "p",
+        "position": 1, "timestamp": datetime(2011, 1, 1), "device": "", "locale": "us"}], schema=old))
+    store = Store(str(tmp_path))
+    store.upsert("events", rows_to_arrow([{"event_id": "e1", "event_type": "return", "user_id": "u_x", "product_id": "p",
+                                           "timestamp": datetime(2011, 1, 2), "quantity": 2, "ref_event_id": "e0"}], "events"),
+                 insert_only=True)
+    rows = {r["event_id"]: r for r in store.read("events").to_pylist()}
+    assert rows["e0"]["quantity"] is None and rows["e1"]["quantity"] == 2 and rows["e1"]["ref_event_id"] == "e0"
