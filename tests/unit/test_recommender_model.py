@@ -104,3 +104,23 @@ def test_loss_goes_down_and_the_model_ranks_the_users_kind_first():
     # a product nobody bought yet is scored from its text: a mug person likes the new mug more than a lamp person does
     assert system.score("u_1", ["mug-new"])[0] > system.score("u_2", ["mug-new"])[0]
     assert np.isneginf(system.score("u_1", ["not-in-catalogue"])[0])
+
+
+@pytest.mark.realweights
+def test_with_the_packaged_minilm_a_never_sold_product_reaches_the_shopper_its_text_suits():
+    """Cold start from text alone, before any training: the real encoder's vectors already put a
+    new mug nearer a mug buyer's history than a lamp buyer's."""
+    split = time_split(planted_log(), cut=T0 + timedelta(days=30))
+    model, tok = build_model("recommender", "minilm", {"locales": ["de", "gb"], "max_history": 10, "frozen_text": True})
+    model.eval()
+
+    class Loaded:
+        pass
+
+    loaded = Loaded()
+    loaded.model, loaded.tokenizer, loaded.max_length = model, tok, 32
+    system = TwoTowerSystem(loaded, TEXTS).fit(split.train)
+    mug_fan, lamp_fan = system.score("u_1", ["mug-new"])[0], system.score("u_2", ["mug-new"])[0]
+    assert mug_fan > lamp_fan
+    top = system.recommend(["u_1"], 3, {}, {})["u_1"]
+    assert all(p.startswith("mug") for p in top)
