@@ -96,8 +96,9 @@ def run(config: EvaluateRecsConfig) -> EvaluateRecsResult:
     if config.out:
         Path(config.out).write_text(json.dumps(results, indent=2, default=str))
     k = config.k
-    summary = {name: {s: {m: r["systems"][s]["overall"].get(m) for m in (f"ndcg@{k}", f"recall@{k}", "auc")}
-                      | {"new_item_ndcg": (r["systems"][s]["slices"].get("new_items") or {}).get(f"ndcg@{k}")}
+    summary = {name: {s: {m: r["systems"][s]["overall"].get(m) for m in (f"ndcg@{k}", f"recall@{k}")}
+                      | {"auc": r["systems"][s].get("auc"), "coverage": r["systems"][s].get("coverage"),
+                         "new_item_ndcg": (r["systems"][s]["slices"].get("new_items") or {}).get(f"ndcg@{k}")}
                       for s in r["systems"]} for name, r in results.items()}
     return EvaluateRecsResult(splits=summary, model=loaded.version.name if loaded else None, report=str(report),
                               seconds=round(time.perf_counter() - started, 2), notes=notes)

@@ -118,3 +118,4 @@ def test_a_books_ratings_log_goes_the_same_way(ray_session, tmp_path, capsys):
                                "--baselines", "popularity", "--resamples", "100", *ws]) == 0
     summary = _last(capsys)
     assert set(summary["splits"]["time"]) == {"popularity", "two_tower"}
+    assert 0 <= summary["splits"]["time"]["two_tower"]["auc"] <= 1 and summary["splits"]["time"]["two_tower"]["coverage"] > 0
