@@ -23,19 +23,8 @@ from typing import Any, Optional, Sequence
 
 from ray_app.cli import JobError, main_wrapper
 from ray_app.recs.data import item_texts, snapshot_frames
-from ray_app.store import Store, StoreError, utcnow
+from ray_app.store import Store, utcnow
 from schemas.recs import EvaluateRecsConfig, EvaluateRecsResult
-
-
-def _frames(store: Store, config: EvaluateRecsConfig):
-    if config.snapshot:
-        return snapshot_frames(store, config.snapshot)
-    from ray_app.recs.data import EVENT_COLUMNS, PRODUCT_COLUMNS
-
-    try:
-        return store.read("events", columns=EVENT_COLUMNS).to_pandas(), store.read("products", columns=PRODUCT_COLUMNS)
-    except StoreError as exc:
-        raise JobError(str(exc)) from exc
 
 
 def baseline_systems(names: Sequence[str], split, factors: int, seed: int) -> dict[str, Any]:
@@ -55,7 +44,7 @@ def run(config: EvaluateRecsConfig) -> EvaluateRecsResult:
 
     started = time.perf_counter()
     store = Store(config.db)
-    events, products = _frames(store, config)
+    events, products = snapshot_frames(store, config.snapshot)
     texts = item_texts(products)
     loaded, trained_for, notes = None, {}, []
     if config.model:

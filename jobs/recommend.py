@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import pyarrow as pa
 
 from ray_app.cli import JobError, main_wrapper
-from ray_app.store import Store, StoreError, rows_to_arrow, utcnow
+from ray_app.store import Store, rows_to_arrow, utcnow
 from schemas.recs import RecommendConfig, RecommendResult
 
 
@@ -31,15 +31,13 @@ class Recommend:
                  in_stock_only: bool, threads: Optional[int] = None, device: Optional[str] = None):
         import torch
 
-        from ray_app.recs.data import item_texts
+        from ray_app.recs.data import PRODUCT_COLUMNS, item_texts, read_table
         from ray_app.recs.model_system import TwoTowerSystem
         from ray_app.registry import load_model
 
         if threads:
             torch.set_num_threads(max(1, int(threads)))
-        store = Store(db)
-        columns = ["product_id", "title", "brand", "category_path", "attributes", "description", "stock"]
-        products = store.read_snapshot(snapshot, "products", columns=columns) if snapshot else store.read("products", columns=columns)
+        products = read_table(Store(db), snapshot, "products", PRODUCT_COLUMNS + ["stock"])
         stock = dict(zip(products.column("product_id").to_pylist(), products.column("stock").to_pylist()))
         self.out_of_stock = {p for p, s in stock.items() if s is not None and s <= 0} if in_stock_only else set()
         self.loaded = load_model(model, models_dir, task="recommender", device=device)
@@ -57,12 +55,8 @@ class Recommend:
                                    batch.column("bought").to_pylist()):
             self.system.set_history(u, json.loads(h), json.loads(a))
             exclude[u] = set(json.loads(bought)) | self.out_of_stock
-        lists = self.system.recommend(users, self.k, exclude, locales)
-        scores = self.system.scores(self.system.user_vectors(users, locales))
         rows = []
-        for r, u in enumerate(users):
-            items = lists[u]
-            logit = scores[r, [self.system._pos[i] for i in items]] if items else []
+        for u, (items, logit) in self.system.top_k(users, self.k, exclude, locales).items():
             probs = self.loaded.model.probability(torch.as_tensor(logit, dtype=torch.float32)).tolist() if items else []
             rows.append({"user_id": u, "product_ids": items, "scores": [round(p, 6) for p in probs], "locale": locales[u],
                          "history_items": len(self.system.history.get(u, ([], []))[0])})
@@ -76,20 +70,15 @@ _OUT = pa.schema([("user_id", pa.string()), ("product_ids", pa.list_(pa.string()
 
 def user_rows(store: Store, config: RecommendConfig, max_history: int) -> list[dict[str, Any]]:
     """One row per known user: history ids and ages (JSON), locale, everything bought (JSON)."""
-    from ray_app.recs.data import EVENT_COLUMNS
+    from ray_app.recs.data import EVENT_COLUMNS, read_table
     from ray_app.recs.model_system import user_histories
-    from ray_app.recs.split import purchases
+    from ray_app.recs.split import ANON_PREFIX, purchases, user_locales
 
-    try:
-        events = (store.read_snapshot(config.snapshot, "events", columns=EVENT_COLUMNS) if config.snapshot
-                  else store.read("events", columns=EVENT_COLUMNS)).to_pandas()
-    except StoreError as exc:
-        raise JobError(str(exc)) from exc
-    bought = purchases(events)
+    bought = purchases(read_table(store, config.snapshot, "events", EVENT_COLUMNS).to_pandas())
     if bought.empty:
         raise JobError("no purchase events to build user histories from")
-    known = bought[~bought["user_id"].str.startswith("anon-")]
-    locale = known.groupby("user_id")["locale"].agg(lambda s: s.value_counts().index[0]).to_dict()
+    known = bought[~bought["user_id"].str.startswith(ANON_PREFIX)]
+    locale = user_locales(known)
     every = known.groupby("user_id")["product_id"].agg(lambda s: sorted(set(s))).to_dict()
     rows = []
     for user, (ids, ages) in user_histories(known, max_history).items():

@@ -45,6 +45,7 @@ LABEL_SOURCES: tuple[str, ...] = ("rule", "behaviour", "human", "model")
 # Higher wins when two sources label the same target and task.
 SOURCE_PRIORITY: dict[str, int] = {"model": 0, "rule": 1, "behaviour": 2, "human": 3}
 SPLITS: tuple[str, ...] = ("", "train", "validation", "test")
+ANONYMOUS_USER_PREFIX = "anon-"  # Event.user_id of a shopper without an account (see Event)
 
 
 class Product(LanceModel):

@@ -16,7 +16,7 @@ from ray_app.ingest.fields import (CleanContext, Reject, _missing, attributes_fi
 from ray_app.ingest.judged import QUERY_TEXT_COLUMNS, query_key, query_text
 from ray_app.privacy import pseudonymise, pseudonymise_session
 from ray_app.taxonomy import annotator_name
-from schemas.records import EVENT_TYPES, LABEL_SOURCES, LABEL_TASKS, TABLE_MODELS
+from schemas.records import ANONYMOUS_USER_PREFIX, EVENT_TYPES, LABEL_SOURCES, LABEL_TASKS, TABLE_MODELS
 from schemas.taxonomy import TaxonomyError
 
 
@@ -38,7 +38,7 @@ EVENT_ALIASES = {"view": "impression", "impression": "impression", "click": "cli
                  "purchase": "purchase", "order": "purchase", "buy": "purchase", "conversion": "purchase",
                  "return": "return", "refund": "return", "cancel": "return", "cancellation": "return",
                  "rating": "purchase", "rate": "purchase", "review": "purchase"}  # a rating says the shopper had the item
-ANONYMOUS_PREFIX = "anon-"
+ANONYMOUS_PREFIX = ANONYMOUS_USER_PREFIX
 def product_missing_fields(row: dict) -> list[str]:
     """Optional product fields that are empty (filled with a default) in a finished row."""
     return [f for f in ("description", "brand", "price", "rating", "stock", "image_url")

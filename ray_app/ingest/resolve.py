@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from ray_app.ids import stable_id
 from ray_app.index import sql_list
 from ray_app.ingest.clean import DERIVED_COLUMNS, PARTIAL_TABLES, product_missing_fields
+from schemas.records import ANONYMOUS_USER_PREFIX
 
 READ_ORDER = [("_source", "ascending"), ("_row", "ascending"), ("_sub", "ascending")]
 
@@ -165,7 +166,7 @@ def link_returns(rows: pa.Table, stored_purchases: Callable[[list[str]], pa.Tabl
     cols = ["event_id", "event_type", "user_id", "product_id", "timestamp", "ref_event_id"]
     frame = rows.select(cols).to_pandas()
     frame["_i"] = range(len(frame))
-    todo = frame[(frame.event_type == "return") & frame.ref_event_id.isna() & ~frame.user_id.str.startswith("anon-")]
+    todo = frame[(frame.event_type == "return") & frame.ref_event_id.isna() & ~frame.user_id.str.startswith(ANONYMOUS_USER_PREFIX)]
     if len(todo):
         users = sorted(set(todo.user_id))
         stored = stored_purchases(users).select(cols[:5]).to_pandas()

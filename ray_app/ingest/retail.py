@@ -59,8 +59,8 @@ def country_locale(country: Any) -> str:
 
 def non_product_reason(code: str) -> str:
     """Why a stock code is not a product ("" for a product)."""
-    if code.upper() in NON_PRODUCT_CODES or code in NON_PRODUCT_CODES:
-        return NON_PRODUCT_CODES.get(code.upper(), NON_PRODUCT_CODES.get(code, ""))
+    if code.upper() in NON_PRODUCT_CODES:  # "m" is the manual adjustment "M" too
+        return NON_PRODUCT_CODES[code.upper()]
     return next((why for pattern, why in NON_PRODUCT_PATTERNS if pattern.match(code)), "")
 
 
@@ -95,7 +95,8 @@ def adjustment_reason(rec: dict) -> tuple[str, str]:
         units = None  # the cleaner names the field
     if units is not None and units < 0 and invoice[0] not in "Cc":
         return "quantity", f"'{units}' units outside a cancellation: a stock adjustment (damaged, lost, found), not a sale"
-    if not _customer(rec) and not _positive(rec.get("UnitPrice") if not _missing(rec.get("UnitPrice")) else 0):
+    price = rec.get("UnitPrice")
+    if not _customer(rec) and (_missing(price) or not _positive(price)):
         return "value", "a zero-price line without a customer: a stock adjustment, not a sale"
     return "", ""
 

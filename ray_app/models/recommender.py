@@ -154,11 +154,6 @@ class TwoTowerRecommender(nn.Module):
         """(B, n) ranking scores: cosine / temperature + the item's bias."""
         return users @ items.T / self.temperature + bias[None]
 
-    def embed_items(self, input_ids, attention_mask, token_type_ids=None, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(n, d) normalised item vectors from tokenised product texts (and their ID rows)."""
-        base = self.base_vectors(input_ids, attention_mask, token_type_ids)
-        return self.finish_items(base, ids if ids is not None else torch.zeros(len(base), dtype=torch.long, device=base.device))
-
     def embed_users(self, item_vectors: torch.Tensor, history: torch.Tensor, ages: torch.Tensor,
                     locale: torch.Tensor) -> torch.Tensor:
         """User vectors from rows of `item_vectors`: history (B, L) indexes into it, -1 = padding."""

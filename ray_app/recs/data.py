@@ -14,16 +14,21 @@ EVENT_COLUMNS = ["user_id", "session_id", "product_id", "timestamp", "locale", "
 PRODUCT_COLUMNS = ["product_id", "title", "brand", "category_path", "attributes", "description"]
 
 
-def snapshot_frames(store: Store, snapshot: str) -> tuple[pd.DataFrame, pa.Table]:
-    """(events frame, products table) as the snapshot pins them; JobError when it pins no purchases."""
+def read_table(store: Store, snapshot: Optional[str], table: str, columns: list[str]) -> pa.Table:
+    """`table` as snapshot `snapshot` pinned it, or the live table when `snapshot` is None; JobError when it cannot be read."""
     try:
-        events = store.read_snapshot(snapshot, "events", columns=EVENT_COLUMNS).to_pandas()
-        products = store.read_snapshot(snapshot, "products", columns=PRODUCT_COLUMNS)
+        return store.read_snapshot(snapshot, table, columns=columns) if snapshot else store.read(table, columns=columns)
     except StoreError as exc:
         raise JobError(str(exc)) from exc
+
+
+def snapshot_frames(store: Store, snapshot: Optional[str]) -> tuple[pd.DataFrame, pa.Table]:
+    """(events frame, products table) as the snapshot pins them (None: the live tables); JobError when there are no purchases."""
+    events = read_table(store, snapshot, "events", EVENT_COLUMNS).to_pandas()
+    products = read_table(store, snapshot, "products", PRODUCT_COLUMNS)
     if not (events["event_type"] == "purchase").any():
-        raise JobError(f"snapshot {snapshot!r} has no purchase events to learn recommendations from "
-                       f"({len(events):,} events in all)")
+        where = f"snapshot {snapshot!r}" if snapshot else "the events table"
+        raise JobError(f"{where} has no purchase events to learn recommendations from ({len(events):,} events in all)")
     return events, products
 
 

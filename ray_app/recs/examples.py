@@ -90,7 +90,7 @@ def recommender_rows(split: RecsSplit, texts: dict[str, str], max_history: int =
             fresh = [i for i in basket.items if i not in last_bought]
             base = {"user_id": str(user), "locale": str(basket.locale), "history_ids": json.dumps(history),
                     "history_texts": json.dumps([texts.get(i, i) for i in history]), "history_ages": json.dumps(ages),
-                    "history_logq": json.dumps([logq.get(i, floor) for i in history]), "basket": json.dumps(basket.items)}
+                    "basket": json.dumps(basket.items)}
             if held_out and n == len(rows) - 1:
                 if fresh:
                     val_rows.append({**base, "target_id": fresh[0], "target_text": texts.get(fresh[0], fresh[0]),

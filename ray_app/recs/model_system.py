@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from ray_app.models.recommender import age_bucket
-from ray_app.recs.split import ANON_PREFIX
+from ray_app.recs.split import ANON_PREFIX, user_locales
 
 
 def user_histories(purchases: pd.DataFrame, max_history: int,
@@ -67,8 +67,7 @@ class TwoTowerSystem:
         for user, (ids, ages) in user_histories(train, self.max_history).items():
             self.set_history(user, ids, ages)
         if not self.user_locale and "locale" in train.columns:
-            rows = train[~train["user_id"].astype(str).str.startswith(ANON_PREFIX)]
-            self.user_locale = rows.groupby("user_id")["locale"].agg(lambda s: s.value_counts().index[0]).to_dict()
+            self.user_locale = user_locales(train[~train["user_id"].astype(str).str.startswith(ANON_PREFIX)])
         return self
 
     def set_history(self, user: str, ids: list[str], ages: list[float]) -> None:
@@ -93,9 +92,11 @@ class TwoTowerSystem:
         loc = self.model.locale_ids([locales.get(u) or self.user_locale.get(u, "") for u in users])
         return self.model.user_tower(h, mask, ages, loc).float().numpy()
 
-    def recommend(self, users: list[str], k: int, exclude: Mapping[str, set[str]], locales: Mapping[str, str]) -> dict[str, list[str]]:
-        """Top-k by the model's score (cosine / temperature + item bias) over the whole catalogue, excluded items removed."""
-        out: dict[str, list[str]] = {}
+    def top_k(self, users: list[str], k: int, exclude: Mapping[str, set[str]],
+              locales: Mapping[str, str]) -> dict[str, tuple[list[str], list[float]]]:
+        """Per user: the top-k product ids by the model's score (cosine / temperature + item bias) over
+        the whole catalogue, excluded items removed, and those scores."""
+        out: dict[str, tuple[list[str], list[float]]] = {}
         for start in range(0, len(users), self.batch_size):
             chunk = users[start:start + self.batch_size]
             scores = self.scores(self.user_vectors(chunk, locales))
@@ -103,9 +104,13 @@ class TwoTowerSystem:
                 banned = [self._pos[i] for i in exclude.get(u, ()) if i in self._pos]
                 scores[r, banned] = -np.inf
                 top = np.argpartition(-scores[r], min(k, len(self.items_) - 1))[:k + len(banned)]
-                top = top[np.argsort(-scores[r, top], kind="stable")]
-                out[u] = [self.items_[j] for j in top if np.isfinite(scores[r, j])][:k]
+                top = [j for j in top[np.argsort(-scores[r, top], kind="stable")] if np.isfinite(scores[r, j])][:k]
+                out[u] = ([self.items_[j] for j in top], [float(scores[r, j]) for j in top])
         return out
+
+    def recommend(self, users: list[str], k: int, exclude: Mapping[str, set[str]], locales: Mapping[str, str]) -> dict[str, list[str]]:
+        """Top-k product ids per user (the evaluation's Recommender interface)."""
+        return {u: items for u, (items, _) in self.top_k(users, k, exclude, locales).items()}
 
     @torch.no_grad()
     def score(self, user: str, items: list[str]) -> np.ndarray:

@@ -17,8 +17,10 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from schemas.records import ANONYMOUS_USER_PREFIX
+
 REQUIRED = ("user_id", "product_id", "timestamp", "locale", "session_id", "event_type")
-ANON_PREFIX = "anon-"
+ANON_PREFIX = ANONYMOUS_USER_PREFIX
 HEAVY_QUANTILE = 0.9  # heavy users: train purchase count at or above the 90th percentile
 
 
@@ -57,7 +59,8 @@ def _items_by_user(rows: pd.DataFrame) -> dict[str, set[str]]:
     return {u: set(g) for u, g in rows.groupby("user_id", sort=True)["product_id"]}
 
 
-def _user_locale(rows: pd.DataFrame) -> dict[str, str]:
+def user_locales(rows: pd.DataFrame) -> dict[str, str]:
+    """Each user's most frequent locale over their purchase rows (ties: alphabetically first)."""
     # the user's most frequent country over all purchases: known at request time, so not a leak;
     # ties go to the alphabetically first locale so the map is deterministic
     counts = rows.groupby(["user_id", "locale"]).size().rename("n").reset_index()
@@ -80,7 +83,7 @@ def _finish(p: pd.DataFrame, train: pd.DataFrame, test: dict[str, set[str]], exc
     train_users = set(train["user_id"])
     new_users = {u for u in test if u not in train_users}
     heavy, threshold = _heavy(train, set(test))
-    locale = _user_locale(p)
+    locale = user_locales(p)
     protocol = {**protocol, "name": name, "train_rows": int(len(train)), "train_users": len(train_users),
                 "train_items": int(train["product_id"].nunique()), "test_users": len(test),
                 "test_pairs": sum(len(s) for s in test.values()), "new_items": len(new_items),

@@ -1,7 +1,8 @@
 """Batch building and validation of the `recommender` task for the shared Ray Train loop.
 
-`collate` encodes every distinct item of a batch once (targets, histories, sampled negatives)
-and hands the model indexes into that set. `evaluate` ranks, for each validation user, every
+`collate` gathers every distinct candidate of a batch once (targets, sampled negatives: tokens,
+or cached base vectors when the text tower is frozen) and the users' history items as base
+vectors from the epoch's item cache (`epoch_start`). `evaluate` ranks, for each validation user, every
 item named in this worker's validation rows (as the retriever task ranks its shard's
 candidates) with the user's history excluded, and returns SUMS for the loop's all-reduce.
 """
@@ -36,58 +37,49 @@ def _history(batch: dict[str, np.ndarray], index: dict[str, int], max_history: i
     return h, a
 
 
-def batch_items(batch: dict[str, np.ndarray], with_negatives: bool = True) -> tuple[list[str], list[str], list[float]]:
-    """(ids, texts, logq) of the batch's distinct items: targets, history items, sampled negatives."""
-    ids: dict[str, tuple[str, float]] = {}
+def batch_items(batch: dict[str, np.ndarray], also: str) -> tuple[list[str], list[str]]:
+    """(ids, texts) of the batch's distinct items: its targets, then the items of the `also` columns
+    (`also`_ids / `also`_texts: "negatives" for training, "history" for validation)."""
+    texts: dict[str, str] = {}
     for r in range(len(batch["target_id"])):
-        ids.setdefault(str(batch["target_id"][r]), (str(batch["target_text"][r]), float(batch["target_logq"][r])))
-        groups = [("history_ids", "history_texts", "history_logq")]
-        if with_negatives:
-            groups.append(("negatives_ids", "negatives_texts", "negatives_logq"))
-        for id_col, text_col, q_col in groups:
-            for i, t, q in zip(json.loads(batch[id_col][r]), json.loads(batch[text_col][r]), json.loads(batch[q_col][r])):
-                ids.setdefault(i, (t, q))
-    keys = list(ids)
-    return keys, [ids[k][0] for k in keys], [ids[k][1] for k in keys]
+        texts.setdefault(str(batch["target_id"][r]), str(batch["target_text"][r]))
+        for i, t in zip(json.loads(batch[f"{also}_ids"][r]), json.loads(batch[f"{also}_texts"][r])):
+            texts.setdefault(i, t)
+    return list(texts), list(texts.values())
+
+
+def _logq(batch: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
+    """Each candidate's log popularity share, as its row carries it."""
+    logq: dict[str, float] = {}
+    for r in range(len(batch["target_id"])):
+        logq.setdefault(str(batch["target_id"][r]), float(batch["target_logq"][r]))
+        logq.update(zip(json.loads(batch["negatives_ids"][r]), json.loads(batch["negatives_logq"][r])))
+    return np.array([logq[k] for k in keys])
 
 
 def collate_recommender(batch: dict[str, np.ndarray], tokenizer, cfg: dict[str, Any], epoch: int = 0) -> dict[str, torch.Tensor]:
-    """Model kwargs of one training batch; base vectors from cfg["item_cache"] (see `epoch_start`)."""
-    ids: dict[str, tuple[str, float]] = {}
-    for r in range(len(batch["target_id"])):
-        ids.setdefault(str(batch["target_id"][r]), (str(batch["target_text"][r]), float(batch["target_logq"][r])))
-        for i, t, q in zip(json.loads(batch["negatives_ids"][r]), json.loads(batch["negatives_texts"][r]),
-                           json.loads(batch["negatives_logq"][r])):
-            ids.setdefault(i, (t, q))
-    keys = list(ids)
+    """Model kwargs of one training batch; base vectors from the epoch's item cache (see `epoch_start`)."""
+    keys, texts = batch_items(batch, "negatives")
     index = {k: i for i, k in enumerate(keys)}
-    cache: dict[str, np.ndarray] = cfg["item_cache"]
-    rows: dict[str, int] = cfg["item_rows"]
+    cache: torch.Tensor = cfg["item_cache"]  # (n_cached, d) base vectors
+    cached: dict[str, int] = cfg["cache_index"]  # product id -> row of the cache
+    id_rows: torch.Tensor = cfg["cache_id_rows"]  # row of the cache -> ID-embedding row
     out: dict[str, torch.Tensor] = {}
     if cfg["head_config"].get("frozen_text"):
-        out["candidate_base"] = torch.from_numpy(np.stack([cache[k] for k in keys]))
+        out["candidate_base"] = cache[[cached[k] for k in keys]]
     else:
-        out.update(_tokenise(tokenizer, [ids[k][0] for k in keys], cfg["max_length"]))
-    out["candidate_ids"] = torch.tensor([rows.get(k, 0) for k in keys], dtype=torch.long)
-    dim = len(next(iter(cache.values()))) if cache else 1
-    hist = [json.loads(h)[-cfg["head_config"]["max_history"]:] for h in batch["history_ids"]]
-    ages = [json.loads(a)[-cfg["head_config"]["max_history"]:] for a in batch["history_ages"]]
-    width = max(1, max(map(len, hist)))
-    vectors = np.zeros((len(hist), width, dim), dtype=np.float32)
-    mask = np.zeros((len(hist), width), dtype=bool)
-    buckets = np.zeros((len(hist), width), dtype=np.int64)
-    hist_rows = np.zeros((len(hist), width), dtype=np.int64)
-    for r, (h, a) in enumerate(zip(hist, ages)):
-        for c, (i, d) in enumerate(zip(h, a)):
-            vectors[r, c], mask[r, c], buckets[r, c], hist_rows[r, c] = cache[i], True, age_bucket(d), rows.get(i, 0)
-    out.update(history_base=torch.from_numpy(vectors), history_ids=torch.from_numpy(hist_rows),
-               history_mask=torch.from_numpy(mask), ages=torch.from_numpy(buckets))
+        out.update(_tokenise(tokenizer, texts, cfg["max_length"]))
+    out["candidate_ids"] = torch.tensor([cfg["item_rows"].get(k, 0) for k in keys], dtype=torch.long)
+    history, out["ages"] = _history(batch, cached, cfg["head_config"]["max_history"])
+    mask = history >= 0
+    out.update(history_base=cache[history.clamp(min=0)] * mask[..., None], history_ids=id_rows[history.clamp(min=0)] * mask,
+               history_mask=mask)
     locales = cfg["head_config"]["locales"]
     out["locale"] = torch.tensor([locales.index(str(c)) + 1 if str(c) in locales else 0 for c in batch["locale"]], dtype=torch.long)
     out["targets"] = torch.tensor([index[str(t)] for t in batch["target_id"]], dtype=torch.long)
-    out["item_logq"] = torch.from_numpy(mixed_logq(np.array([ids[k][1] for k in keys]), len(batch["target_id"]),
+    out["item_logq"] = torch.from_numpy(mixed_logq(_logq(batch, keys), len(batch["target_id"]),
                                                    sum(len(json.loads(n)) for n in batch["negatives_ids"]),
-                                                   max(1, len(rows))).astype(np.float32))
+                                                   max(1, len(cfg["item_rows"]))).astype(np.float32))
     same = torch.zeros((len(batch["target_id"]), len(keys)), dtype=torch.bool)
     for r in range(len(batch["target_id"])):
         for i in json.loads(batch["relevant"][r]):
@@ -143,7 +135,7 @@ def epoch_start(model, shard, tokenizer, cfg: dict[str, Any], device) -> dict[st
     """The item cache of an epoch: base vectors of the shard's history items as the encoder stands
     (frozen text: of every item the shard names, once for the whole run)."""
     frozen = bool(cfg["head_config"].get("frozen_text"))
-    if frozen and cfg.get("item_cache"):
+    if frozen and "item_cache" in cfg:
         return {}
     columns = [("history_ids", "history_texts")] + ([("negatives_ids", "negatives_texts")] if frozen else [])
     texts: dict[str, str] = {}
@@ -156,11 +148,14 @@ def epoch_start(model, shard, tokenizer, cfg: dict[str, Any], device) -> dict[st
     keys = list(texts)
     was = model.training
     model.eval()
-    cache = dict(zip(keys, encode_base(model, tokenizer, [texts[k] for k in keys], cfg["max_length"], device)))
+    base = encode_base(model, tokenizer, [texts[k] for k in keys], cfg["max_length"], device)
     model.train(was)
-    dim = model.item_proj.weight.shape[1]
-    center_items(model, np.stack(list(cache.values())) if cache else np.zeros((0, dim), np.float32))  # every rank joins
-    return {"item_cache": cache, "item_rows": {k: i + 1 for i, k in enumerate(cfg["head_config"].get("items") or [])}}
+    if not keys:
+        base = np.zeros((0, model.item_proj.weight.shape[1]), np.float32)
+    center_items(model, base)  # every rank joins its all-reduce
+    item_rows = {k: i + 1 for i, k in enumerate(cfg["head_config"].get("items") or [])}
+    return {"item_cache": torch.from_numpy(base), "cache_index": {k: i for i, k in enumerate(keys)},
+            "cache_id_rows": torch.tensor([item_rows.get(k, 0) for k in keys], dtype=torch.long), "item_rows": item_rows}
 
 
 @torch.no_grad()
@@ -173,7 +168,7 @@ def evaluate_recommender(model, batches: Iterable[dict[str, np.ndarray]], tokeni
     if not rows:
         return sums
     merged = {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
-    keys, texts, _ = batch_items(merged, with_negatives=False)
+    keys, texts = batch_items(merged, "history")
     index = {k: i for i, k in enumerate(keys)}
     base = torch.from_numpy(encode_base(model, tokenizer, texts, cfg["max_length"], device)).to(device)
     ids = model.item_ids(keys).to(device)
@@ -181,12 +176,12 @@ def evaluate_recommender(model, batches: Iterable[dict[str, np.ndarray]], tokeni
     history, ages = _history(merged, index, cfg["head_config"]["max_history"])
     locale = model.locale_ids(list(merged["locale"])).to(device)
     users = model.embed_users(items, history.to(device), ages.to(device), locale)
-    cosine = model.logits(users, items, bias).cpu().numpy()  # the ranking score
+    logits = model.logits(users, items, bias).cpu().numpy()  # the ranking score
     rng = np.random.default_rng(cfg.get("seed", 0))
     for r, row in enumerate(rows):
         seen = {index[i] for i in json.loads(row["history_ids"])}
         relevant = [i for i in json.loads(row["relevant"]) if i in index]
-        scores = cosine[r].copy()
+        scores = logits[r].copy()
         scores[list(seen)] = -np.inf
         ranked = [keys[j] for j in np.argsort(-scores, kind="stable")[:10]]
         sums["ndcg10"] += ndcg_at_k(ranked, relevant, 10)
@@ -196,7 +191,7 @@ def evaluate_recommender(model, batches: Iterable[dict[str, np.ndarray]], tokeni
         pool = np.setdiff1d(np.arange(len(keys)), np.array(pos + list(seen), dtype=np.int64))
         if pos and len(pool):
             neg = rng.choice(pool, min(100, len(pool)), replace=False)
-            prob = model.probability(torch.as_tensor(cosine[r])).numpy()
+            prob = model.probability(torch.as_tensor(logits[r])).numpy()
             sums["auc"] += pair_auc(prob[pos], prob[neg])
             sums["n_auc"] += 1
     return sums
