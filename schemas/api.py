@@ -6,6 +6,7 @@ field descriptions.
 """
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -200,6 +201,100 @@ class ErrorResponse(BaseModel):
     error: str
     detail: list[ErrorDetail] = []
     request_id: str = ""
+
+
+MAX_RECOMMENDATIONS = 50
+MAX_CART_ITEMS = 100
+MAX_EVENTS_PER_BATCH = 1000
+MAX_EVENTS_BODY_BYTES = 512 * 1024  # a POST /v1/events body above this is a 413 before it is parsed
+MAX_ID_CHARS = 128
+EventType = Literal["impression", "click", "add_to_cart", "purchase", "return"]  # = schemas.records.EVENT_TYPES
+
+
+class RecommendedItem(ProductFields):
+    sources: list[str] = Field([], description="what put it there: precomputed, session, co_purchase, vector, popular[:locale]")
+
+
+class RecommendResponse(BaseModel):
+    """One list of recommendations. Feedback events cite `request_id` and `versions`."""
+
+    request_id: str
+    strategy: Literal["personal", "session", "popular", "similar", "cart"] = Field(
+        ..., description="personal: the precomputed list; session: merged with the shopper's latest events; "
+                         "popular: cold start (a shopper we know nothing about); similar / cart: item-to-item")
+    cold_start: bool
+    items: list[RecommendedItem]
+    versions: dict[str, str] = {}
+    rules_applied: list[str] = []
+    locale: str = ""
+    unknown_products: list[str] = Field([], description="cart products not in the catalogue (ignored)")
+    degraded: list[str] = []
+
+
+class CartRequest(_Strict):
+    product_ids: list[str] = Field(..., min_length=1, max_length=MAX_CART_ITEMS, description="what is in the basket")
+    user_id: Optional[str] = Field(None, max_length=MAX_USER_ID_CHARS)
+    session_id: Optional[str] = Field(None, max_length=MAX_USER_ID_CHARS)
+    locale: Optional[str] = Field(None, max_length=16)
+    device: Optional[Literal["desktop", "mobile", "tablet", "app"]] = None
+    size: int = Field(10, ge=1, le=MAX_RECOMMENDATIONS)
+
+    @field_validator("product_ids")
+    @classmethod
+    def _ids(cls, value: list[str]) -> list[str]:
+        for i, pid in enumerate(value):
+            if not str(pid).strip() or len(pid) > MAX_ID_CHARS:
+                raise ValueError(f"product_ids[{i}] must be 1 to {MAX_ID_CHARS} characters")
+        return list(dict.fromkeys(value))
+
+
+class EventIn(_Strict):
+    """One behaviour event as a shop's front end reports it, citing the response it followed."""
+
+    event_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS, description="the client's id: a retry with the same id is stored once")
+    event_type: EventType
+    product_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS)
+    timestamp: datetime = Field(..., description="ISO 8601; without an offset it is UTC; at most a day ahead of the server")
+    user_id: Optional[str] = Field(None, max_length=MAX_USER_ID_CHARS, description="raw id: pseudonymised before it is stored")
+    session_id: Optional[str] = Field(None, max_length=MAX_USER_ID_CHARS, description="raw id: pseudonymised before it is stored")
+    query_id: Optional[str] = Field(None, max_length=MAX_ID_CHARS)
+    position: Optional[int] = Field(None, ge=1, le=10_000, description="1-based rank where the product was shown")
+    request_id: Optional[str] = Field(None, max_length=MAX_ID_CHARS, description="the request id of the response shown")
+    model_versions: dict[str, str] = Field({}, max_length=16, description="the response's `versions`")
+    arm: Optional[str] = Field(None, max_length=64, description="the response's A/B arm")
+    quantity: Optional[int] = Field(None, ge=1, le=1_000_000)
+    value: Optional[float] = Field(None, ge=0, le=1e9, description="unit price of a purchase or return")
+    locale: str = Field("", max_length=16)
+    device: Optional[Literal["desktop", "mobile", "tablet", "app"]] = None
+    ref_event_id: Optional[str] = Field(None, max_length=MAX_ID_CHARS, description="a return: the purchase event it cancels")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _when(cls, value: datetime) -> datetime:
+        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        if value > datetime.now(timezone.utc) + timedelta(days=1):
+            raise ValueError(f"timestamp {value.isoformat()} is more than a day in the future")
+        return value.astimezone(timezone.utc)
+
+    @model_validator(mode="after")
+    def _who(self) -> "EventIn":
+        if not (self.user_id or "").strip() and not (self.session_id or "").strip():
+            raise ValueError("user_id or session_id: one is required")
+        return self
+
+
+class EventBatch(_Strict):
+    events: list[EventIn] = Field(..., min_length=1, max_length=MAX_EVENTS_PER_BATCH,
+                                  description=f"1 to {MAX_EVENTS_PER_BATCH} events, stored together or not at all")
+
+
+class EventsResponse(BaseModel):
+    """Sent only once every event of the batch is committed to the events table."""
+
+    request_id: str
+    accepted: int = Field(..., description="events of the batch now stored (retried ones included)")
+    duplicates: int = Field(..., description="of them, already stored before (a retry) or repeated in the batch")
+    table_version: int
 
 
 # ---- hops between stages (plain dicts on the wire: model_dump of these) ----

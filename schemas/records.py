@@ -110,6 +110,9 @@ class Event(LanceModel):
     quantity: Optional[int] = None  # units bought or returned (always >= 1; the type says which way)
     value: Optional[float] = None  # unit price of a purchase or return, or a rating (a ratings log)
     ref_event_id: Optional[str] = None  # a return: the purchase it cancels (None when that purchase is not in the store)
+    request_id: Optional[str] = None  # feedback (POST /v1/events): the response the event followed
+    model_versions: Optional[str] = None  # feedback: that response's versions, as JSON
+    arm: Optional[str] = None  # feedback: that response's A/B arm
 
     _check_type = _one_of(EVENT_TYPES, "event_type")
 

@@ -67,6 +67,17 @@ class ServeAppConfig(WorkspaceConfig):
     ranker_timeout_s: float = Field(5.0, gt=0, description="past this the answer is the first stage's order, flagged degraded")
     understanding_timeout_s: float = Field(3.0, gt=0)
     suggest: bool = Field(True, description="serve /v1/suggest from the suggestions table (jobs.suggest)")
+    recommend: bool = Field(True, description="serve /v1/recommend/home, /similar and /cart (the Recommender deployment)")
+    recommender_model: str = Field("recommender@production", description="two-tower recommender (registry name or alias); "
+                                   "an alias without a version yet, or 'none', serves popularity, co-purchase and the catalogue's vectors")
+    recs_stats_refresh_s: float = Field(60.0, gt=0, description="popularity and co-purchase are re-counted at most this often when events arrive (seconds)")
+    recs_trend_half_life_days: float = Field(14.0, gt=0, description="a purchase this many days older than the newest event counts half in popularity")
+    recs_min_locale_buyers: int = Field(20, ge=1, description="a locale with fewer buyers gets every locale's popularity")
+    recs_candidates: int = Field(3, ge=1, le=10, description="the Recommender returns size x this many, so business rules have room")
+    events: bool = Field(True, description="accept POST /v1/events (the EventWriter deployment)")
+    api_keys_file: Optional[str] = Field(None, description="file of API keys for POST /v1/events, one per line "
+                                         "(also $SHOPSEARCH_API_KEYS, $SHOPSEARCH_API_KEYS_FILE); never in the repository")
+    events_compact_s: float = Field(300.0, gt=0, description="how often the EventWriter compacts the events table (seconds)")
     torch_threads: Optional[int] = Field(None, ge=1, description="torch threads per model replica (default: its num_cpus)")
     deployments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

@@ -1,5 +1,5 @@
-"""The search app: QueryUnderstanding, Retriever, Ranker and Suggest bound into one graph behind
-the SearchIngress. Built by a function (nothing happens at import time), so Serve's import path is
+"""The shop's app: QueryUnderstanding, Retriever, Ranker, Suggest, Recommender and EventWriter
+bound into one graph behind the SearchIngress. Built by a function (nothing happens at import time), so Serve's import path is
 `serve.app:build_app` with the app config as `args`:
 
     serve run serve/config.yaml                      # the checked-in config (serve build format)
@@ -16,14 +16,16 @@ from typing import Any, Optional
 from ray.serve import Application
 
 from schemas.serving import ServeAppConfig
+from serve.events import EventWriter
 from serve.ingress import SearchIngress
 from serve.ranker import Ranker
+from serve.recommender import Recommender
 from serve.retriever import Retriever
 from serve.suggest import Suggest
 from serve.understanding import QueryUnderstanding
 
 APP_NAME = "shopsearch"
-DEPLOYMENTS = ("QueryUnderstanding", "Retriever", "Ranker", "Suggest", "SearchIngress")
+DEPLOYMENTS = ("QueryUnderstanding", "Retriever", "Ranker", "Suggest", "Recommender", "EventWriter", "SearchIngress")
 
 
 def _with_options(deployment, config: ServeAppConfig):
@@ -45,7 +47,9 @@ def build_app(args: Optional[dict[str, Any]] = None) -> Application:
     retriever = _with_options(Retriever, config).bind(stage)
     ranker = _with_options(Ranker, config).bind(stage) if ranking else None
     suggest = _with_options(Suggest, config).bind(stage) if config.suggest else None
-    return _with_options(SearchIngress, config).bind(stage, understanding, retriever, ranker, suggest)
+    recommender = _with_options(Recommender, config).bind(stage) if config.recommend else None
+    events = _with_options(EventWriter, config).bind(stage) if config.events else None
+    return _with_options(SearchIngress, config).bind(stage, understanding, retriever, ranker, suggest, recommender, events)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,19 +9,26 @@ a search without entities, flagged too. A full queue answers 503 with `Retry-Aft
 """
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from ray_app.privacy import pseudonymise, resolve_key
-from schemas.api import (MAX_PREFIX_CHARS, MAX_SUGGESTIONS, ErrorResponse, HealthResponse, SearchRequest,
-                         SearchResponse, SuggestResponse, UnderstandRequest, UnderstandResponse)
+from ray_app.privacy import pseudonymise, pseudonymise_session, resolve_key
+from schemas.api import (MAX_EVENTS_BODY_BYTES, MAX_ID_CHARS, MAX_PREFIX_CHARS, MAX_RECOMMENDATIONS, MAX_SUGGESTIONS,
+                         MAX_USER_ID_CHARS, CartRequest, ErrorResponse, EventBatch, EventIn, EventsResponse, HealthResponse,
+                         RecommendResponse, SearchRequest, SearchResponse, SuggestResponse, UnderstandRequest,
+                         UnderstandResponse)
+from schemas.records import ANONYMOUS_USER_PREFIX
+from schemas.rules import Device
 from schemas.serving import ServeAppConfig
 from serve.errors import install_error_handlers, json_error, request_id
 from serve.metrics import AppMetrics
@@ -32,6 +39,23 @@ api = FastAPI(title="shop search", version="1", description="Search, understandi
               "(Ray Serve graph: understand -> retrieve -> rank -> rules).",
               responses={422: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 install_error_handlers(api)
+# POST /v1/events reads its body by hand (API key, then the size limit, then the contract), so its
+# schema is declared here and its models added to the OpenAPI components below
+EVENTS_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventBatch"}}}}}
+_default_openapi = api.openapi
+
+
+def _openapi() -> dict[str, Any]:
+    if api.openapi_schema is None:
+        spec = _default_openapi()
+        batch = EventBatch.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = spec.setdefault("components", {}).setdefault("schemas", {})
+        components.update(batch.pop("$defs", {}))
+        components["EventBatch"] = batch
+    return api.openapi_schema
+
+
+api.openapi = _openapi
 _metrics: list = []  # one AppMetrics per ingress process, made on the first request (never at import)
 
 
@@ -68,13 +92,17 @@ def _public_understanding(u: Optional[dict[str, Any]]) -> Optional[dict[str, Any
 @serve.ingress(api)
 class SearchIngress:
     def __init__(self, config: dict[str, Any], understanding: DeploymentHandle, retriever: DeploymentHandle,
-                 ranker: Optional[DeploymentHandle], suggest: Optional[DeploymentHandle]):
+                 ranker: Optional[DeploymentHandle], suggest: Optional[DeploymentHandle],
+                 recommender: Optional[DeploymentHandle] = None, events: Optional[DeploymentHandle] = None):
         from ray_app.search.rules import load_rules
+        from serve.auth import load_keys
 
         self.config = ServeAppConfig(**config)
         self.understanding, self.retriever, self.ranker, self.suggester = understanding, retriever, ranker, suggest
+        self.recommender, self.events = recommender, events
         self.rules = load_rules(self.config.rules) if self.config.rules else None
         self.key, _ = resolve_key()
+        self.api_keys = load_keys(self.config.api_keys_file) if events is not None else []
         self.metrics = app_metrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -171,10 +199,119 @@ class SearchIngress:
         out = await self.suggester.suggest.remote(q, uid, size)
         return SuggestResponse(request_id=rid, prefix=q, suggestions=out["suggestions"], version=out["version"])
 
+    # ---- recommendations -------------------------------------------------------------------
+
+    def _shopper(self, user_id: Optional[str], session_id: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+        """(user, session) pseudonyms as the events table holds them; a shopper without an account
+        is the anonymous user of their session, as jobs.ingest and POST /v1/events store them."""
+        sid = pseudonymise_session(session_id, self.key) if session_id else None
+        if user_id:
+            return pseudonymise(user_id, self.key), sid
+        return (ANONYMOUS_USER_PREFIX + sid if sid else None), sid
+
+    async def _recommend(self, rid: str, call, size: int, locale: Optional[str], device: Optional[str]) -> Any:
+        if self.recommender is None:
+            return json_error(404, "recommendations are off (recommend: false)", [("path", "no Recommender deployment")], rid)
+        out = await call
+        if out.get("error"):
+            return json_error(404, out["error"], [("product_id", "unknown product")], rid)
+        items, applied = out["items"], []
+        if self.rules is not None:
+            from ray_app.search.rules import apply_rules
+
+            items, applied = apply_rules(self.rules, items, "", {"locale": locale or out.get("locale"), "device": device})
+        versions = dict(out["versions"], **({"rules": self.rules.version} if self.rules is not None else {}))
+        self.metrics.count_recommendation(out["strategy"])
+        return RecommendResponse(request_id=rid, strategy=out["strategy"], cold_start=out["cold_start"], items=items[:size],
+                                 versions=versions, rules_applied=applied, locale=out.get("locale") or locale or "",
+                                 unknown_products=out.get("unknown", []))
+
+    def _depth(self, size: int) -> int:
+        return min(size * self.config.recs_candidates, 1000)
+
+    @api.get("/v1/recommend/home", response_model=RecommendResponse, response_model_exclude_none=True)
+    async def recommend_home(self, request: Request, user_id: Optional[str] = Query(None, max_length=MAX_USER_ID_CHARS),
+                             session_id: Optional[str] = Query(None, max_length=MAX_USER_ID_CHARS),
+                             locale: Optional[str] = Query(None, max_length=16),
+                             device: Optional[Device] = Query(None),
+                             size: int = Query(10, ge=1, le=MAX_RECOMMENDATIONS)) -> Any:
+        """The shopper's home-page list: precomputed by jobs.recommend, merged with their latest
+        events; popular in the locale for a shopper we know nothing about (cold start)."""
+        rid = request_id(request)
+        uid, sid = self._shopper(user_id, session_id)
+        call = self.recommender.home.remote(uid, sid, locale, self._depth(size)) if self.recommender is not None else None
+        return await self._recommend(rid, call, size, locale, device)
+
+    @api.get("/v1/recommend/similar", response_model=RecommendResponse, response_model_exclude_none=True)
+    async def recommend_similar(self, request: Request, product_id: str = Query(..., min_length=1, max_length=MAX_ID_CHARS),
+                                locale: Optional[str] = Query(None, max_length=16), device: Optional[Device] = Query(None),
+                                size: int = Query(10, ge=1, le=MAX_RECOMMENDATIONS)) -> Any:
+        """Products like this one: bought together with it, and near it by text vector (so a
+        product nobody bought yet has neighbours too)."""
+        rid = request_id(request)
+        call = self.recommender.similar.remote(product_id, self._depth(size)) if self.recommender is not None else None
+        return await self._recommend(rid, call, size, locale, device)
+
+    @api.post("/v1/recommend/cart", response_model=RecommendResponse, response_model_exclude_none=True)
+    async def recommend_cart(self, req: CartRequest, request: Request) -> Any:
+        """Complements for a basket: what is bought with its items, and the model's read of the basket."""
+        rid = request_id(request)
+        uid, sid = self._shopper(req.user_id, req.session_id)
+        call = (self.recommender.cart.remote(req.product_ids, uid, sid, req.locale, self._depth(req.size))
+                if self.recommender is not None else None)
+        return await self._recommend(rid, call, req.size, req.locale, req.device)
+
+    # ---- feedback ---------------------------------------------------------------------------
+
+    @api.post("/v1/events", response_model=EventsResponse, openapi_extra=EVENTS_BODY,
+              responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
+    async def post_events(self, request: Request) -> Any:
+        """A batch of impressions, clicks, add-to-carts, purchases and returns (behind an API key).
+        Answered only once every event is committed; a retry with the same event ids stores nothing twice."""
+        from serve.auth import HEADER, check
+
+        rid = request_id(request)
+        if self.events is None:
+            return json_error(404, "feedback events are off (events: false)", [("path", "no EventWriter deployment")], rid)
+        refused = check(request.headers.get(HEADER), self.api_keys)
+        if refused:
+            return json_error(refused[0], refused[1], [(HEADER, refused[1])], rid)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_EVENTS_BODY_BYTES:
+            return json_error(413, "payload too large", [("body", f"{int(declared):,} bytes; at most {MAX_EVENTS_BODY_BYTES:,}")], rid)
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_EVENTS_BODY_BYTES:
+                return json_error(413, "payload too large", [("body", f"more than {MAX_EVENTS_BODY_BYTES:,} bytes")], rid)
+        try:
+            batch = EventBatch.model_validate_json(raw)
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]) from None
+        rows = [self._stored_event(e) for e in batch.events]
+        try:
+            out = await self.events.append.remote(rows)
+        except BackPressureError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - writer died or restarting: nothing was acknowledged, a retry is safe
+            return json_error(503, f"event writer unavailable ({type(exc).__name__}): nothing of this batch was "
+                                   "acknowledged; retry it with the same event ids", [("events", "not stored")], rid, retry_after=1)
+        self.metrics.count_events(out["accepted"], out["duplicates"])
+        return EventsResponse(request_id=rid, **out)
+
+    def _stored_event(self, e: EventIn) -> dict[str, Any]:
+        """The events-table row of an event: ids pseudonymised here, at the edge."""
+        uid, sid = self._shopper(e.user_id, e.session_id)
+        return {"event_id": e.event_id, "event_type": e.event_type, "user_id": uid, "session_id": sid or "",
+                "query_id": e.query_id or "", "product_id": e.product_id, "position": e.position, "timestamp": e.timestamp,
+                "device": e.device or "", "locale": e.locale or "us", "quantity": e.quantity, "value": e.value,
+                "ref_event_id": e.ref_event_id, "request_id": e.request_id, "arm": e.arm,
+                "model_versions": json.dumps(e.model_versions, sort_keys=True) if e.model_versions else None}
+
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> Any:
         stages = {"QueryUnderstanding": self.understanding, "Retriever": self.retriever, "Ranker": self.ranker,
-                  "Suggest": self.suggester}
+                  "Suggest": self.suggester, "Recommender": self.recommender, "EventWriter": self.events}
         out: dict[str, dict] = {}
         for name, handle in stages.items():
             if handle is None:

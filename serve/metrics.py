@@ -1,6 +1,6 @@
 """App-level metrics of the ingress, exported through Ray's metrics pipeline (Prometheus format
 on each node's metrics export port, beside Serve's own `ray_serve_*` series): requests by endpoint
-and status, stage latencies, zero-result searches and degraded answers."""
+and status, stage latencies, zero-result searches, degraded answers, recommendation lists by strategy and feedback events."""
 from __future__ import annotations
 
 from ray.serve.metrics import Counter, Histogram
@@ -17,6 +17,10 @@ class AppMetrics:
         self.latency = Histogram("shopsearch_stage_latency_ms", description="time per stage of /v1/search (ms)",
                                  boundaries=BOUNDARIES_MS, tag_keys=("stage",))
         self.zero = Counter("shopsearch_zero_result_searches", description="searches that returned no product")
+        self.recs = Counter("shopsearch_recommendations", description="recommendation lists by strategy "
+                            "(personal, session, popular = cold start, similar, cart)", tag_keys=("strategy",))
+        self.events = Counter("shopsearch_feedback_events", description="feedback events acknowledged (stored)")
+        self.event_duplicates = Counter("shopsearch_feedback_duplicates", description="acknowledged events already stored (retries)")
         self.degraded_count = Counter("shopsearch_degraded_answers", description="answers with a stage skipped",
                                       tag_keys=("stage",))
 
@@ -31,3 +35,12 @@ class AppMetrics:
 
     def degraded(self, stage: str) -> None:
         self.degraded_count.inc(tags={"stage": stage})
+
+    def count_recommendation(self, strategy: str) -> None:
+        self.recs.inc(tags={"strategy": strategy})
+
+    def count_events(self, accepted: int, duplicates: int) -> None:
+        if accepted:
+            self.events.inc(accepted)
+        if duplicates:
+            self.event_duplicates.inc(duplicates)

@@ -138,6 +138,22 @@ class LocalePopularity(CatalogueRecommender):
         return np.vstack(rows) if rows else np.zeros((0, self.items_.size))
 
 
+def cosine_neighbours(binary: csr_matrix, neighbours: int) -> csr_matrix:
+    """items x items cosine of a binary (users or baskets) x items matrix, each item's `neighbours`
+    strongest kept (ties by neighbour index, so it is deterministic); the diagonal is dropped."""
+    co = (binary.T @ binary).tocoo()  # items x items co-occurrence counts
+    norm = np.sqrt(np.asarray(binary.sum(axis=0), dtype=np.float64).ravel())
+    off = co.row != co.col
+    row, col = co.row[off], co.col[off]
+    sim = co.data[off] / (norm[row] * norm[col])
+    order = np.lexsort((col, -sim, row))
+    row, col, sim = row[order], col[order], sim[order]
+    n = binary.shape[1]
+    starts = np.searchsorted(row, np.arange(n))
+    keep = (np.arange(row.size) - starts[row]) < neighbours
+    return csr_matrix((sim[keep], (row[keep], col[keep])), shape=(n, n))
+
+
 class ItemKNN(CatalogueRecommender):
     """Co-purchase item-item cosine over the binary user x item matrix, top `neighbours` kept per item."""
 
@@ -146,18 +162,7 @@ class ItemKNN(CatalogueRecommender):
         self.neighbours = neighbours
 
     def _fit(self, train: pd.DataFrame) -> None:
-        co = (self.binary_.T @ self.binary_).tocoo()  # items x items co-buyer counts
-        norm = np.sqrt(self.popularity_)
-        off = co.row != co.col
-        row, col = co.row[off], co.col[off]
-        sim = co.data[off] / (norm[row] * norm[col])
-        # keep each item's strongest neighbours; ties by neighbour index so the fit is deterministic
-        order = np.lexsort((col, -sim, row))
-        row, col, sim = row[order], col[order], sim[order]
-        starts = np.searchsorted(row, np.arange(self.items_.size))
-        keep = (np.arange(row.size) - starts[row]) < self.neighbours
-        n = self.items_.size
-        self.similarity_ = csr_matrix((sim[keep], (row[keep], col[keep])), shape=(n, n))
+        self.similarity_ = cosine_neighbours(self.binary_, self.neighbours)
 
     def _primary(self, users: list[str], locales: Mapping[str, str]) -> np.ndarray:
         out = np.zeros((len(users), self.items_.size))

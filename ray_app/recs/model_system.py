@@ -72,25 +72,32 @@ class TwoTowerSystem:
 
     def set_history(self, user: str, ids: list[str], ages: list[float]) -> None:
         """A user's recent items (oldest first) and their ages in days; items without a text are skipped."""
-        keep = [(self._pos[i], a) for i, a in zip(ids, ages) if i in self._pos][-self.max_history:]
-        self.history[str(user)] = ([p for p, _ in keep], [a for _, a in keep])
+        self.history[str(user)] = self.positions(ids, ages)
 
-    @torch.no_grad()
     def user_vectors(self, users: list[str], locales: Mapping[str, str]) -> np.ndarray:
         """(len(users), d); a user without history is the locale's [USER] vector (cold start)."""
-        hist = [self.history.get(u, ([], [])) for u in users]
-        width = max(1, max(len(h[0]) for h in hist))
+        return self.history_vectors([self.history.get(u, ([], [])) for u in users],
+                                    [locales.get(u) or self.user_locale.get(u, "") for u in users])
+
+    def positions(self, ids: list[str], ages: list[float]) -> tuple[list[int], list[float]]:
+        """A history (product ids oldest first, ages in days) as catalogue rows; items without a text skipped."""
+        keep = [(self._pos[i], a) for i, a in zip(ids, ages) if i in self._pos][-self.max_history:]
+        return [p for p, _ in keep], [a for _, a in keep]
+
+    @torch.no_grad()
+    def history_vectors(self, hist: list[tuple[list[int], list[float]]], locales: list[str]) -> np.ndarray:
+        """(len(hist), d) user vectors of histories given as catalogue rows with their ages (no state kept)."""
+        width = max(1, max((len(h[0]) for h in hist), default=1))
         vecs = torch.from_numpy(self.item_vectors)
-        h = torch.zeros((len(users), width, vecs.shape[1]))
-        mask = torch.zeros((len(users), width), dtype=torch.bool)
-        ages = torch.zeros((len(users), width), dtype=torch.long)
+        h = torch.zeros((len(hist), width, vecs.shape[1]))
+        mask = torch.zeros((len(hist), width), dtype=torch.bool)
+        ages = torch.zeros((len(hist), width), dtype=torch.long)
         for r, (idx, days) in enumerate(hist):
             if idx:
                 h[r, :len(idx)] = vecs[idx]
                 mask[r, :len(idx)] = True
                 ages[r, :len(idx)] = torch.tensor([age_bucket(d) for d in days])
-        loc = self.model.locale_ids([locales.get(u) or self.user_locale.get(u, "") for u in users])
-        return self.model.user_tower(h, mask, ages, loc).float().numpy()
+        return self.model.user_tower(h, mask, ages, self.model.locale_ids(list(locales))).float().numpy()
 
     def top_k(self, users: list[str], k: int, exclude: Mapping[str, set[str]],
               locales: Mapping[str, str]) -> dict[str, tuple[list[str], list[float]]]:

@@ -11,6 +11,8 @@ SERVE_TEST_OPTIONS = {  # small CPU reservations: the test Ray has 2 CPUs for th
     "Retriever": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
     "Ranker": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
     "Suggest": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+    "Recommender": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
+    "EventWriter": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
     # a small front queue, so the overload test can fill it: beyond 16 running + 16 queued, Serve answers 503
     "SearchIngress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 16,
                       "max_queued_requests": 16},
@@ -43,9 +45,16 @@ def serve_app(ray_session, tiny_shop):
     from schemas.serving import ServeAppConfig
     from serve.run import start
 
+    from jobs import recommend
+    from schemas.recs import RecommendConfig
+
+    # every known shopper's precomputed list, from the tiny recommender (Ray Data on the session's Ray)
+    recommend.run(RecommendConfig(db=tiny_shop["db"], models_dir=tiny_shop["models_dir"], workspace=str(tiny_shop["root"]),
+                                  k=20, quiet=True))
     config = ServeAppConfig(db=tiny_shop["db"], models_dir=tiny_shop["models_dir"], workspace=str(tiny_shop["root"]),
                             encoder="tiny-bert", rules=tiny_shop["rules"], experiment=EXPERIMENT, torch_threads=1, reload_s=1.0, refresh_s=1.0,
-                            shadow_model="ranker@candidate", deployments=SERVE_TEST_OPTIONS)
+                            shadow_model="ranker@candidate", api_keys_file=tiny_shop["api_keys_file"], recs_stats_refresh_s=1.0,
+                            events_compact_s=30.0, deployments=SERVE_TEST_OPTIONS)
     base = start(config, "127.0.0.1", free_port(), timeout_s=240)
     yield {"url": base, "config": config, **tiny_shop}
     serve.shutdown()

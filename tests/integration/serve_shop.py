@@ -1,7 +1,7 @@
 """A tiny shop for the Serve tests: 200 products with prices, stock and brands, queries, events and
 judgments in a LanceDB store; tiny-bert vectors and BM25 indexes from jobs.embed; a randomly
-initialised tiny intent model and two tiny rankers in the registry (production and candidate);
-suggestions from jobs.suggest."""
+initialised tiny intent model, two tiny rankers (production and candidate) and a tiny recommender in
+the registry; suggestions from jobs.suggest; an API keys file for POST /v1/events."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -73,6 +73,8 @@ def register_tiny(models_dir: Path, task: str, head_config: dict[str, Any], seed
 INTENT_HEAD = {"intents": ["product_search", "brand_search", "out_of_scope"],
                "entity_types": ["brand", "category", "price_range"]}
 RANKER_HEAD = {"pooling": "residual", "loss": "listwise"}
+RECOMMENDER_HEAD = {"locales": ["us", "de"], "max_history": 10}
+API_KEY = "test-key-" + "7f3a"  # made up for the tests; real keys come from the environment or a secrets file
 
 
 def build(root: Path) -> dict[str, Any]:
@@ -87,12 +89,16 @@ def build(root: Path) -> dict[str, Any]:
     embed.run(EmbedConfig(db=str(db), workspace=str(root), model="tiny-bert", batch_size=64, quiet=True))
     versions = {"intent": register_tiny(models, "intent_entity", INTENT_HEAD, 1, "production"),
                 "ranker": register_tiny(models, "ranker", RANKER_HEAD, 2, "production"),
-                "ranker_candidate": register_tiny(models, "ranker", RANKER_HEAD, 3, "candidate")}
+                "ranker_candidate": register_tiny(models, "ranker", RANKER_HEAD, 3, "candidate"),
+                "recommender": register_tiny(models, "recommender", RECOMMENDER_HEAD, 4, "production")}
     from jobs import suggest
     from schemas.config import SuggestConfig
 
     suggest.run(SuggestConfig(db=str(db), workspace=str(root), quiet=True))
-    return {"root": root, "db": str(db), "models_dir": str(models), "versions": versions, "rules": write_rules(root)}
+    keys = root / "api-keys.txt"  # a secrets file of the test's own, as a deployment would mount one
+    keys.write_text("# feedback writers\n" + API_KEY + "\n")
+    return {"root": root, "db": str(db), "models_dir": str(models), "versions": versions, "rules": write_rules(root),
+            "api_keys_file": str(keys), "api_key": API_KEY}
 
 
 TINY_RULES = """\

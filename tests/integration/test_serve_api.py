@@ -92,7 +92,7 @@ def test_understand_suggest_health_docs(serve_app):
     assert any(x["text"].startswith("nike") for x in typo["suggestions"])
     h = requests.get(f"{url}/healthz", timeout=30)
     assert h.status_code == 200 and h.json()["ok"]
-    assert set(h.json()["deployments"]) == {"QueryUnderstanding", "Retriever", "Ranker", "Suggest"}
+    assert set(h.json()["deployments"]) == {"QueryUnderstanding", "Retriever", "Ranker", "Suggest", "Recommender", "EventWriter"}
     spec = requests.get(f"{url}/openapi.json", timeout=30).json()
     assert {"/v1/search", "/v1/understand", "/v1/suggest", "/healthz"} <= set(spec["paths"])
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200

@@ -196,7 +196,7 @@ def test_serve_deploy_checked_in_config_on_ray_start_head(cluster, tiny_shop, tm
     wait_for("application shopsearch RUNNING", running, temp_dir)
     health = wait_for("GET /healthz 200", lambda: (r := requests.get(f"{base}/healthz", timeout=10)).status_code == 200
                       and r.json() or None, temp_dir)
-    assert health["ok"] and set(health["deployments"]) == {"QueryUnderstanding", "Retriever", "Ranker", "Suggest"}
+    assert health["ok"] and set(health["deployments"]) == {"QueryUnderstanding", "Retriever", "Ranker", "Suggest", "Recommender", "EventWriter"}
 
     r = requests.post(f"{base}/v1/search", json={"query": "sony headphones", "size": 5}, timeout=60)
     assert r.status_code == 200, r.text

@@ -39,7 +39,7 @@ def test_unpromoted_alias_serves_first_stage_with_a_shadow_then_follows_promotio
     config = ServeAppConfig(db=serve_app["db"], models_dir=serve_app["models_dir"], workspace=str(serve_app["root"]),
                             encoder="tiny-bert", rules=None, brand_policy="off", price_policy="off",
                             ranker_model=f"ranker@{alias}", shadow_model="ranker@candidate", torch_threads=1,
-                            reload_s=1.0, suggest=False, deployments=OPTIONS)
+                            reload_s=1.0, suggest=False, recommend=False, events=False, deployments=OPTIONS)
     base = f"{serve_app['url']}/shadow"
     serve.run(build_app(config), name="shadow-only", route_prefix="/shadow", blocking=False)
     try:
