@@ -110,6 +110,14 @@ class Registry:
             data["aliases"].setdefault(task, {})[alias] = name
         return self.get(name)
 
+    def record_gate(self, name: str, gate: dict[str, Any]) -> ModelVersion:
+        """Append a promotion gate's figures and verdict to version `name`'s lineage."""
+        with self._locked() as data:
+            if name not in data["versions"]:
+                raise RegistryError(self._unknown(data, name))
+            data["versions"][name].setdefault("gates", []).append(gate)
+        return self.get(name)
+
     def soup(self, members: Sequence[str], task: Optional[str] = None) -> ModelVersion:
         """A uniform model soup (Wortsman et al., 2022) as a new version: the members' weights,
         LoRA merged, averaged into one full-weights model. Members must share task, base encoder,

@@ -69,3 +69,43 @@ class RecommendResult(BaseModel):
     table_version: int
     seconds: float
     users_per_s: float
+
+
+
+
+class RefreshConfig(JobConfig):
+    """`python -m jobs.refresh`: the online loop, one pass (run it on a schedule with `ray job submit`)."""
+
+    model: str = Field("recommender@production", description="the served recommender alias: warm start, reference of the gate, promoted on a pass")
+    models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
+    metric: Literal["ndcg@10", "recall@10", "map@10", "hr@10", "mrr"] = Field(
+        "ndcg@10", description="the declared gate metric, on the new snapshot's time-split test part")
+    min_gain: float = Field(0.0, description="the candidate must beat production by more than this on --metric to be promoted")
+    labels: bool = Field(True, description="refresh the behaviour labels (jobs.label weak) first, when the store has queries")
+    base_model: str = Field("minilm", description="encoder when there is no production version to start from")
+    epochs: int = Field(1, ge=1, le=100)
+    lr: Optional[float] = Field(None, gt=0)
+    batch_size: Optional[int] = Field(None, ge=1)
+    max_train_examples: Optional[int] = Field(None, ge=1, description="cap on training examples per refresh")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    resamples: int = Field(1000, ge=100, description="paired bootstrap resamples of the gate")
+    recommend: bool = Field(True, description="after a promotion, precompute every user's list again (jobs.recommend)")
+    recommend_k: int = Field(50, ge=1, le=1000)
+    force: bool = Field(False, description="refresh even when production was trained on this very data")
+
+
+class RefreshResult(BaseModel):
+    """The loop's last line: what it did, the gate's figures and verdict."""
+
+    ok: bool = True
+    snapshot: str
+    production_before: str = "none"
+    production_after: str = "none"
+    candidate: Optional[str] = None
+    promoted: bool = False
+    gate: dict[str, Any] = Field(default_factory=dict)
+    steps: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = Field(default_factory=list)

@@ -83,6 +83,9 @@ class TrainConfig(JobConfig):
     # outputs
     models_dir: Optional[str] = workspace_path("models", "model registry folder", env=MODELS_ENV)
     alias: Optional[str] = Field(None, description="alias to point at the new version (e.g. candidate)")
+    init_from: Optional[str] = Field(None, description="warm start: a registry version or alias of the same task and base "
+                                     "whose weights (LoRA merged) initialise the model; new label ids start fresh. "
+                                     "The new version is saved as full weights")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -126,6 +129,7 @@ class ModelVersion(BaseModel):
     adapter_bytes: int = 0
     full_model_bytes: int = 0
     aliases: list[str] = Field(default_factory=list)
+    gates: list[dict[str, Any]] = Field(default_factory=list, description="promotion gates run on this version (jobs.refresh): figures and verdict")
     created_at: datetime
 
 

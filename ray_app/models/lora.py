@@ -79,10 +79,13 @@ def folder_bytes(path: Path) -> int:
 
 
 def build_model(task: str, base_model: str, head_config: dict[str, Any],
-                lora: Optional[LoraSettings] = None):
-    """(model, tokenizer): base encoder by name + head, LoRA-wrapped when `lora` is given."""
+                lora: Optional[LoraSettings] = None, init_from: Optional[str | Path] = None):
+    """(model, tokenizer): base encoder by name + head, warm-started from the saved model at
+    `init_from` when given (see `warm_start`), LoRA-wrapped when `lora` is given."""
     backbone, tokenizer = load_encoder(base_model)
     model = build_head(task, backbone, head_config)
+    if init_from is not None:
+        warm_start(model, init_from, task, base_model)
     if lora is not None:
         model = apply_lora(model, lora)
     return model, tokenizer
@@ -140,6 +143,34 @@ def load_saved_model(path: str | Path, merge: bool = False, device: Optional[str
         model.to(device)
     model.eval()
     return model, tokenizer, meta
+
+
+def warm_start(model: nn.Module, path: str | Path, task: str, base_model: str) -> dict[str, int]:
+    """Copy a saved model's weights (LoRA merged) into a freshly built, not yet LoRA-wrapped `model`
+    of the same task and base: every tensor of the same name and shape, and the rows of embeddings
+    keyed by a vocabulary that grew (a head's `warm_rows`, e.g. the recommender's product and locale
+    ids: rows of ids both know are copied, new ids keep their fresh initialisation). Returns counts."""
+    old, _, meta = load_saved_model(path, merge=True, device="cpu")
+    if (meta["task"], meta["base_model"]) != (task, base_model):
+        raise ValueError(f"cannot warm-start a {task} model on {base_model} from {path}: it is a {meta['task']} model "
+                         f"on {meta['base_model']}")
+    old = unwrap(old)
+    mine, theirs = model.state_dict(), old.state_dict()
+    rows = model.warm_rows(old) if hasattr(model, "warm_rows") else {}
+    counts = {"copied": 0, "mapped": 0, "fresh": 0}
+    with torch.no_grad():
+        for name, tensor in mine.items():
+            source = theirs.get(name)
+            if name in rows and source is not None:
+                new_rows, old_rows = rows[name]
+                tensor[new_rows] = source[old_rows].to(tensor.dtype)
+                counts["mapped"] += 1
+            elif source is not None and source.shape == tensor.shape:
+                tensor.copy_(source)
+                counts["copied"] += 1
+            else:
+                counts["fresh"] += 1
+    return counts
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -121,6 +121,16 @@ class TwoTowerRecommender(nn.Module):
             self.score_head.weight.fill_(0.5)
             self.score_head.bias.fill_(-3.0)
 
+    def warm_rows(self, old: "TwoTowerRecommender") -> dict[str, tuple[list[int], list[int]]]:
+        """Id-keyed embedding rows shared with an older model (warm start): parameter name ->
+        (rows here, rows there) of the products and locales both know (row 0, the unknown id, too)."""
+        items = [0] + [self.item_index[i] for i in self.items if i in old.item_index]
+        old_items = [0] + [old.item_index[i] for i in self.items if i in old.item_index]
+        locales = [0] + [self.locale_index[c] for c in self.locales if c in old.locale_index]
+        old_locales = [0] + [old.locale_index[c] for c in self.locales if c in old.locale_index]
+        return {"item_id.weight": (items, old_items), "bias_id.weight": (items, old_items),
+                "user_tower.locale.weight": (locales, old_locales)}
+
     def head_config(self) -> dict[str, Any]:
         return {"locales": self.locales, "max_history": self.max_history, "temperature": self.temperature,
                 "heads": self.heads, "layers": self.layers, "items": self.items, "id_dropout": self.id_dropout,

@@ -125,7 +125,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(cfg["seed"])
     collate, evaluate, finalize = TASK_FUNCS[cfg["task"]]
     lora = LoraSettings(**cfg["lora"]) if cfg.get("lora") else None
-    model, tokenizer = build_model(cfg["task"], cfg["base_model"], cfg["head_config"], lora)
+    model, tokenizer = build_model(cfg["task"], cfg["base_model"], cfg["head_config"], lora, cfg.get("init_from"))
     device = ray.train.torch.get_device()
     use_bf16 = bool(cfg.get("use_gpu")) and device.type == "cuda"
     model.to(device)  # before the optimizer, so restored optimizer state lands on the same device

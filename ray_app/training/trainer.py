@@ -49,8 +49,21 @@ def loop_config(config: TrainConfig, data: TaskData) -> dict[str, Any]:
             "max_length": config.seq_len(), "patience": config.patience, "seed": config.seed,
             "metric": config.metric_name(), "use_gpu": config.use_gpu, "cpus_per_worker": config.cpus_per_worker,
             "list_size": config.list_size, "batch_negatives": config.batch_negatives, "hard_negatives": config.hard_negatives,
-            "sampled_negatives": config.sampled_negatives,
+            "sampled_negatives": config.sampled_negatives, "init_from": warm_start_path(config),
             "num_train_examples": len(data.splits["train"])}
+
+
+def warm_start_path(config: TrainConfig) -> Optional[str]:
+    """The saved-model folder `config.init_from` names (None without a warm start); JobError when it
+    names no version of the task."""
+    if not config.init_from:
+        return None
+    from ray_app.registry import Registry, RegistryError
+
+    try:
+        return Registry(config.models_dir).resolve(config.init_from, config.task).path
+    except RegistryError as exc:
+        raise JobError(f"--init-from: {exc}") from exc
 
 
 def recs_options(config: TrainConfig) -> dict[str, Any]:
@@ -122,7 +135,7 @@ def build_task_model(config: TrainConfig, data: TaskData):
 
     try:
         model, _ = build_model(config.task, config.base_model, head_config(config, data.label_spaces),
-                               config.lora_settings())
+                               config.lora_settings(), warm_start_path(config))
     except ModelLoadError as exc:
         raise JobError(str(exc)) from exc
     except ValueError as exc:
@@ -138,10 +151,14 @@ def register_checkpoint(config: TrainConfig, data: TaskData, checkpoint, metrics
     from ray_app.registry import Registry
     from ray_app.training.loop import load_trained_tensors
 
+    from ray_app.models.lora import merge_lora
+
     model = model if model is not None else build_task_model(config, data)
     lora = config.lora_settings()
     with checkpoint.as_directory() as folder:
         load_trained_tensors(model, folder)
+    if config.init_from and lora is not None:  # the base it started from is not the named encoder: keep it all
+        model, lora = merge_lora(model), None
 
     def save(folder: Path) -> dict[str, Any]:
         sizes = save_model(model, folder, config.task, config.base_model, lora,

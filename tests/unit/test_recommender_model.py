@@ -124,3 +124,28 @@ def test_with_the_packaged_minilm_a_never_sold_product_reaches_the_shopper_its_t
     assert mug_fan > lamp_fan
     top = system.recommend(["u_1"], 3, {}, {})["u_1"]
     assert all(p.startswith("mug") for p in top)
+
+
+def test_a_warm_start_keeps_what_both_models_know_and_starts_new_ids_fresh(tmp_path):
+    """jobs.refresh retrains from production: the towers and the rows of products and locales both
+    catalogues know are copied; a product first sold since starts from its fresh row (and its text)."""
+    from ray_app.models.lora import save_model
+
+    torch.manual_seed(0)
+    old, _ = build_model("recommender", "tiny-bert", {"locales": ["de", "gb"], "items": ["mug-1", "mug-2"], "max_history": 5})
+    with torch.no_grad():
+        old.item_id.weight.normal_()  # trained-looking rows
+    save_model(old, tmp_path / "old", "recommender", "tiny-bert", None)
+    torch.manual_seed(1)
+    fresh, _ = build_model("recommender", "tiny-bert", {"locales": ["gb", "fr"], "items": ["mug-2", "mug-3"], "max_history": 5})
+    torch.manual_seed(1)
+    warm, _ = build_model("recommender", "tiny-bert", {"locales": ["gb", "fr"], "items": ["mug-2", "mug-3"], "max_history": 5},
+                          init_from=tmp_path / "old")
+    assert torch.equal(warm.item_id.weight[warm.item_index["mug-2"]], old.item_id.weight[old.item_index["mug-2"]])
+    assert torch.equal(warm.item_id.weight[warm.item_index["mug-3"]], fresh.item_id.weight[fresh.item_index["mug-3"]])
+    assert torch.equal(warm.user_tower.locale.weight[warm.locale_index["gb"]], old.user_tower.locale.weight[old.locale_index["gb"]])
+    for (name, a), (_, b) in zip(warm.user_tower.encoder.named_parameters(), old.user_tower.encoder.named_parameters()):
+        assert torch.equal(a, b), name
+    assert torch.equal(warm.user_tower.locale.weight[warm.locale_index["fr"]], fresh.user_tower.locale.weight[fresh.locale_index["fr"]])
+    with pytest.raises(ValueError, match="warm-start"):
+        build_model("ranker", "tiny-bert", {"pooling": "residual"}, init_from=tmp_path / "old")
