@@ -37,11 +37,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def closed_loop(url: str, bodies: list[dict], concurrency: int, seconds: float, warmup: float,
-                      max_warmup: float = 180.0, timeout_s: float = 300.0) -> dict[str, Any]:
+                      max_warmup: float = 180.0, timeout_s: float = 300.0, method: str = "POST",
+                      headers: dict[str, str] | None = None) -> dict[str, Any]:
     """`concurrency` closed-loop workers: warm up for at least `warmup` s and until every worker has had
     one answer (a queue in front of the server is full only then; at most `max_warmup` s), measure
     `seconds`, then let every worker finish the request it has in flight (answered, not counted), so no
-    work is left queued on the server for the next run."""
+    work is left queued on the server for the next run. POST sends each body as JSON, GET as the query string."""
     records: list[tuple] = []
     answered = [0] * concurrency
     window = {"from": float("inf"), "to": float("inf")}
@@ -57,7 +58,8 @@ async def closed_loop(url: str, bodies: list[dict], concurrency: int, seconds: f
                 t0, payload = time.perf_counter(), {}
                 status: Any
                 try:
-                    async with session.post(url, json=body) as resp:
+                    kwargs = {"json": body} if method == "POST" else {"params": body}
+                    async with session.request(method, url, headers=headers, **kwargs) as resp:
                         status = resp.status
                         payload = await resp.json(content_type=None) if resp.status == 200 else {}
                 except Exception as exc:  # noqa: BLE001 - a refused or timed-out request is an error of the level

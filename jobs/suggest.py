@@ -30,7 +30,7 @@ from ray_app.search.suggest import AFFINITY_TABLE, SUGGESTIONS_TABLE, build_sugg
 from ray_app.store import Store, utcnow
 from schemas.config import SuggestConfig
 
-INPUTS = {"products": ["product_id", "title", "brand", "category_path"], "queries": ["query_id", "text"],
+INPUTS = {"products": ["product_id", "title", "brand", "category_path", "price"], "queries": ["query_id", "text"],
           "events": ["event_type", "user_id", "session_id", "query_id", "product_id"]}
 
 

@@ -67,6 +67,11 @@ class ServeAppConfig(WorkspaceConfig):
     ranker_timeout_s: float = Field(5.0, gt=0, description="past this the answer is the first stage's order, flagged degraded")
     understanding_timeout_s: float = Field(3.0, gt=0)
     suggest: bool = Field(True, description="serve /v1/suggest from the suggestions table (jobs.suggest)")
+    personal_weight: float = Field(0.0, ge=0, le=1, description="personalised search: weight of the user's brand/category "
+                                   "affinity (jobs.suggest) against the scaled ranking score; 0 = off "
+                                   "(measured in benchmarks/results/personal_search.json)")
+    personal_price_share: float = Field(0.5, ge=0, le=1, description="personalised search: share of price fit (the user's "
+                                        "usual price level) against brand/category taste in the personal signal")
     recommend: bool = Field(True, description="serve /v1/recommend/home, /similar and /cart (the Recommender deployment)")
     recommender_model: str = Field("recommender@production", description="two-tower recommender (registry name or alias); "
                                    "an alias without a version yet, or 'none', serves popularity, co-purchase and the catalogue's vectors")

@@ -126,6 +126,9 @@ class SearchIngress:
         timings: dict[str, float] = {}
         degraded: list[str] = []
         understood = self.understanding.understand.remote(req.query)
+        affinity_resp = None
+        if req.user_id and self.suggester is not None and self.config.personal_weight > 0:
+            affinity_resp = self.suggester.affinity.remote(pseudonymise(req.user_id, self.key))
         body = req.model_dump(mode="json", exclude={"user_id", "session_id"})
         first_resp = self.retriever.retrieve.remote(body, understood)
         understanding: Optional[dict[str, Any]] = None
@@ -152,13 +155,23 @@ class SearchIngress:
                 degraded.append(f"ranker: {type(exc).__name__}")
                 self.metrics.degraded("ranker")
             timings["rank"] = round((time.perf_counter() - t0) * 1000, 2)
-        final = await final_hits(req, first, ranked, self.rules, self.retriever.lookup.remote)
+        affinity = None
+        if affinity_resp is not None:
+            try:
+                affinity = await asyncio.wait_for(affinity_resp, self.config.understanding_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - no affinity: the unpersonalised order, flagged
+                degraded.append(f"personalisation: {type(exc).__name__}")
+        final = await final_hits(req, first, ranked, self.rules, self.retriever.lookup.remote, affinity,
+                                 self.config.personal_weight, self.config.personal_price_share)
         versions = {"understanding": (understanding or {}).get("version", ""), "retriever": first.get("version", ""),
                     "catalogue": str(first.get("catalogue_version", ""))}
         if ranked:
             versions["ranker"] = ranked["version"]
         if self.rules is not None:
             versions["rules"] = self.rules.version
+        if final.pop("personalised"):
+            versions["personalisation"] = (f"affinity w={self.config.personal_weight:g} "
+                                           f"price={self.config.personal_price_share:g}")
         degraded += first.get("degraded", []) + ([understanding["degraded"]] if (understanding or {}).get("degraded") else [])
         timings["total"] = round((time.perf_counter() - started) * 1000, 2)
         self.metrics.search(timings, zero=final["total"] == 0)

@@ -101,7 +101,14 @@ def facets_of(hits: list[dict[str, Any]], top: int = FACET_VALUES) -> dict[str, 
 
 
 async def final_hits(req: SearchRequest, first: dict[str, Any], ranked: Optional[dict[str, Any]], rules,
-                     lookup: Callable[[list[str]], Awaitable[list[dict[str, Any]]]]) -> dict[str, Any]:
-    """The page's hits, how many passed, their facets and the rules applied, for one request."""
-    hits, applied = await apply_business_rules(rules, ordered_hits(first, ranked), req, first, lookup)
-    return {"results": page_of(req, hits), "total": len(hits), "facets": facets_of(hits), "rules_applied": applied}
+                     lookup: Callable[[list[str]], Awaitable[list[dict[str, Any]]]],
+                     affinity: Optional[dict] = None, personal_weight: float = 0.0,
+                     price_share: float = 0.5) -> dict[str, Any]:
+    """The page's hits, how many passed, their facets, the rules applied and whether the order was
+    personalised (the user's affinity blended in before the rules), for one request."""
+    from ray_app.search.personal import personalise
+
+    hits, personal = personalise(ordered_hits(first, ranked), affinity, personal_weight, price_share)
+    hits, applied = await apply_business_rules(rules, hits, req, first, lookup)
+    return {"results": page_of(req, hits), "total": len(hits), "facets": facets_of(hits), "rules_applied": applied,
+            "personalised": personal}

@@ -66,7 +66,10 @@ class Recommender:
         self.state = self._build(None)
         self.lists, self.lists_v = self._lists()
         self.watcher = Watcher(self.config.refresh_s, self.refresh, "recs-refresh")
-        self.replica = serve.get_replica_context().replica_id.unique_id
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - built in-process (benchmarks/recs_serve.py's baseline)
+            self.replica = "in-process"
 
     # ---- building ---------------------------------------------------------------------------
 

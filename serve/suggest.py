@@ -45,5 +45,13 @@ class Suggest:
         """Completions of `prefix` (user_id is already the keyed pseudonym)."""
         return {"suggestions": self.index.complete(prefix, user_id, k), "version": f"suggestions v{self.version}"}
 
+    def affinity(self, user_id: str) -> dict[tuple[str, str], float]:
+        """The user's brand and category weights and price level (user_id is the keyed pseudonym),
+        with the catalogue's median price per leaf category; {} for a user without history."""
+        from ray_app.search.suggest_build import CATALOGUE_USER
+
+        mine = self.index.affinity.get(user_id)
+        return {**self.index.affinity.get(CATALOGUE_USER, {}), **mine} if mine else {}
+
     def health(self) -> dict[str, Any]:
         return {"ready": True, "version": f"suggestions v{self.version}", "detail": ""}

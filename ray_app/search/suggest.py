@@ -142,8 +142,13 @@ class SuggestIndex:
             raise ValueError(f"suggestions table lacks column(s) {sorted(missing)}; it has {suggestions.column_names}")
         weights: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
         for row in (affinity.to_pylist() if affinity is not None else []):
-            if row.get("user_id") and row.get("value") and float(row.get("weight") or 0) > 0:
-                weights[row["user_id"]][(row["kind"], row["value"])] = min(1.0, float(row["weight"]))
+            if not (row.get("user_id") and row.get("value")):
+                continue
+            if row["kind"] in ("brand", "category"):  # taste weights in (0, 1]
+                if float(row.get("weight") or 0) > 0:
+                    weights[row["user_id"]][(row["kind"], row["value"])] = min(1.0, float(row["weight"]))
+            elif row.get("weight") is not None:  # price level and the catalogue's medians: as computed
+                weights[row["user_id"]][(row["kind"], row["value"])] = float(row["weight"])
         stamped = "build_id" in suggestions.column_names and suggestions.num_rows > 0
         build_id = suggestions.column("build_id")[0].as_py() if stamped else ""
         return cls(suggestions.to_pylist(), dict(weights), build_id=build_id or "")

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections import Counter, defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 
@@ -152,9 +153,28 @@ def _merge(rows: list[tuple]) -> pa.Table:
     return pa.Table.from_pylist(out, schema=SUGGESTION_SCHEMA)
 
 
-def _affinity(events: list[dict[str, Any]], about: dict[str, tuple[str, list[str]]], top: int) -> pa.Table:
-    """Per user: brand and category weights from engagement (impressions say nothing of taste), max 1."""
+CATALOGUE_USER = "*catalogue*"  # the affinity table's rows that belong to no user: each leaf category's median price
+PRICE_KIND, MEDIAN_KIND = "price", "median_price"  # a user's price level: mean log(price / leaf median) of what they engaged with
+
+
+def _leaf(path: list[str]) -> str:
+    return path[-1] if path else ""
+
+
+def user_affinity(events: list[dict[str, Any]], about: dict[str, tuple[str, list[str]]], top: int,
+                  prices: Optional[dict[str, float]] = None) -> pa.Table:
+    """Per user: brand and category weights from engagement (impressions say nothing of taste), max 1;
+    with `prices`, also the user's price level (kind `price`: the engagement-weighted mean of
+    log(price / median price of the product's leaf category)) and, under CATALOGUE_USER, each leaf's median."""
     weights: dict[str, Counter] = defaultdict(Counter)
+    level: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    medians: dict[str, float] = {}
+    if prices:
+        by_leaf: dict[str, list[float]] = defaultdict(list)
+        for pid, price in prices.items():
+            if price and price > 0 and pid in about:
+                by_leaf[_leaf(about[pid][1])].append(float(price))
+        medians = {leaf: float(statistics.median(v)) for leaf, v in by_leaf.items() if leaf}
     for e in events:
         user, w = e.get("user_id") or "", ENGAGEMENT.get(e.get("event_type") or "", 0.0)
         if not user or not w or e.get("product_id") not in about:
@@ -162,8 +182,12 @@ def _affinity(events: list[dict[str, Any]], about: dict[str, tuple[str, list[str
         brand, path = about[e["product_id"]]
         if brand:
             weights[user][("brand", brand)] += w
-        for level in path:
-            weights[user][("category", level)] += w
+        for lvl in path:
+            weights[user][("category", lvl)] += w
+        price, median = (prices or {}).get(e["product_id"]), medians.get(_leaf(path))
+        if price and price > 0 and median:
+            level[user][0] += w * math.log(float(price) / median)
+            level[user][1] += w
     rows = []
     for user in sorted(weights):
         for kind in ("brand", "category"):
@@ -172,6 +196,9 @@ def _affinity(events: list[dict[str, Any]], about: dict[str, tuple[str, list[str
                 continue
             peak = items[0][1]
             rows.extend({"user_id": user, "kind": kind, "value": v, "weight": round(w / peak, 6)} for v, w in items[:top])
+        if level[user][1] > 0:
+            rows.append({"user_id": user, "kind": PRICE_KIND, "value": "log_ratio", "weight": round(level[user][0] / level[user][1], 6)})
+    rows.extend({"user_id": CATALOGUE_USER, "kind": MEDIAN_KIND, "value": leaf, "weight": round(m, 4)} for leaf, m in sorted(medians.items()))
     return pa.Table.from_pylist(rows, schema=AFFINITY_SCHEMA)
 
 
@@ -194,5 +221,6 @@ def build_suggestions(queries: Iterable[dict[str, Any]], events: Iterable[dict[s
     query_rows, dropped = _query_rows(queries, events, brands, categories, min_query_users, max_digit_run)
     table = _merge(query_rows + _catalogue_rows(products, engagement, min_line_products))
     table = table.replace_schema_metadata({f"dropped_{k}": str(dropped.get(k, 0)) for k in ("few_users", "identifying")})
-    return table, _affinity(events, about, affinity_top)
+    prices = {p["product_id"]: p.get("price") for p in products if p.get("price")}
+    return table, user_affinity(events, about, affinity_top, prices)
 

@@ -53,7 +53,7 @@ def serve_app(ray_session, tiny_shop):
                                   k=20, quiet=True))
     config = ServeAppConfig(db=tiny_shop["db"], models_dir=tiny_shop["models_dir"], workspace=str(tiny_shop["root"]),
                             encoder="tiny-bert", rules=tiny_shop["rules"], experiment=EXPERIMENT, torch_threads=1, reload_s=1.0, refresh_s=1.0,
-                            shadow_model="ranker@candidate", api_keys_file=tiny_shop["api_keys_file"], recs_stats_refresh_s=1.0,
+                            shadow_model="ranker@candidate", api_keys_file=tiny_shop["api_keys_file"], recs_stats_refresh_s=1.0, personal_weight=0.3,
                             events_compact_s=30.0, deployments=SERVE_TEST_OPTIONS)
     base = start(config, "127.0.0.1", free_port(), timeout_s=240)
     yield {"url": base, "config": config, **tiny_shop}

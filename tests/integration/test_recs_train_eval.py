@@ -91,7 +91,8 @@ def test_invoice_log_to_a_trained_recommender_beside_the_baselines(ray_session, 
 
 
 def test_a_books_ratings_log_goes_the_same_way(ray_session, tmp_path, capsys):
-    """Another domain through the generic path: users, items with titles and genres, timestamped ratings."""
+    """Another domain through the generic path, no code of its own: users, items with titles and genres,
+    timestamped ratings -> ingest with --map -> train -> recommend -> evaluate."""
     rng = random.Random(4)
     books = tmp_path / "books.csv"
     books.write_text("isbn,book_title,genre\n" + "".join(
@@ -114,6 +115,9 @@ def test_a_books_ratings_log_goes_the_same_way(ray_session, tmp_path, capsys):
     assert train.main(["--task", "recommender", "--snapshot", "books", "--base-model", "tiny-bert", "--epochs", "1",
                        "--batch-size", "16", "--num-workers", "1", "--text-tower", "frozen", "--alias", "production", *ws]) == 0
     capsys.readouterr()
+    assert recommend.main(["--model", "recommender@production", "--k", "5", *ws]) == 0
+    lists = _last(capsys)
+    assert lists["users"] == 24 and lists["model_version"] == "recommender-v1"
     assert evaluate_recs.main(["--snapshot", "books", "--model", "recommender@production", "--splits", "time",
                                "--baselines", "popularity", "--resamples", "100", *ws]) == 0
     summary = _last(capsys)

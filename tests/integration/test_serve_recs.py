@@ -174,3 +174,21 @@ def test_keys_sizes_and_retries(serve_app):
         "request_id": "", "accepted": 21, "duplicates": 21, "table_version": again.json()["table_version"]}
     ids = [row["event_id"] for row in stored(serve_app, ("event_id",))]
     assert len(ids) == len(set(ids))  # a retry stores nothing twice
+
+
+def test_search_is_personalised_by_the_shoppers_affinity_and_not_for_a_stranger(serve_app):
+    """user-1 clicked and bought in the tiny shop (jobs.suggest keeps their brand/category affinity)."""
+    def search(**extra):
+        r = requests.post(f"{serve_app['url']}/v1/search", json={"query": "rain jacket", "size": 10, "explain": True, **extra},
+                          timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    known, stranger, anonymous = search(user_id="user-1"), search(user_id="never-seen"), search()
+    assert known["versions"]["personalisation"] == "affinity w=0.3 price=0.5"
+    assert all(0 <= h["explain"]["personal"]["score"] <= 1 for h in known["results"])
+    assert any(h["explain"]["personal"]["score"] > 0 for h in known["results"])
+    for out in (stranger, anonymous):
+        assert "personalisation" not in out["versions"] and all("personal" not in h["explain"] for h in out["results"])
+    if stranger["arm"] == anonymous["arm"]:  # the same ranker: without affinity the very same order
+        assert [h["product_id"] for h in stranger["results"]] == [h["product_id"] for h in anonymous["results"]]
