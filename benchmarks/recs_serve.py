@@ -165,12 +165,12 @@ def main() -> None:
     keys.write_text(KEY + "\n")
     config = ServeAppConfig(workspace=str(workspace), db=db, models_dir=str(workspace / "models"), encoder="minilm",
                             understanding_model="none", ranker_model="none", refresh_s=1.0, recs_stats_refresh_s=600,
-                            api_keys_file=str(keys),
+                            api_keys_file=str(keys), suggest=False,
                             deployments={"Recommender": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
                                          "EventWriter": {"num_replicas": 1}, "SearchIngress": {"num_replicas": 1},
                                          "Retriever": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
                                          "QueryUnderstanding": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
-                                         "Suggest": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}})
+                                         })
     base = start(config, "127.0.0.1", args.port, timeout_s=600)
     try:
         bodies = [{"user_id": u, "size": 10} for u in users]

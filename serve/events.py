@@ -42,7 +42,7 @@ def _quoted(ids: list[str]) -> str:
 @serve.deployment(
     name="EventWriter",
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 1},  # one writer (see above)
-    ray_actor_options={"num_cpus": 0.25},
+    ray_actor_options={"num_cpus": 0.05},
     max_ongoing_requests=256,
     max_queued_requests=512,
     backpressure_config={"status_code": 503, "retry_after_s": 1},  # a full queue: 503 + Retry-After

@@ -68,14 +68,20 @@ def start(config: ServeAppConfig, host: str = "127.0.0.1", port: int = 8000, tim
 
 
 def smoke(base: str, query: str) -> dict[str, Any]:
-    """One search, one understand and one suggest request: their answers, shortened."""
+    """One search, one understand, one suggest and one home-recommendation request: their answers, shortened."""
     import requests
 
     found = requests.post(f"{base}/v1/search", json={"query": query, "size": 5}, timeout=60).json()
     understood = requests.post(f"{base}/v1/understand", json={"query": query}, timeout=60).json()
     prefix = query.split()[0][:4] if query.split() else query[:4]
     suggested = requests.get(f"{base}/v1/suggest", params={"q": prefix}, timeout=60).json()
-    return {"search": {k: found.get(k) for k in ("request_id", "versions", "degraded", "total")} |
+    out: dict[str, Any] = {}
+    home = requests.get(f"{base}/v1/recommend/home", params={"user_id": "new-visitor", "size": 5}, timeout=60)
+    if home.status_code == 200:  # (404 when recommendations are off)
+        home = home.json()
+        out["recommend_home"] = {"strategy": home["strategy"], "versions": home["versions"],
+                                 "top": [(i["product_id"], i.get("title", "")) for i in home["items"][:3]]}
+    return out | {"search": {k: found.get(k) for k in ("request_id", "versions", "degraded", "total")} |
             {"top": [(h["product_id"], h.get("title", "")) for h in found.get("results", [])[:3]]},
             "understand": {k: understood.get(k) for k in ("intent", "confidence", "entities")},
             "suggest": {"prefix": prefix, "suggestions": [s["text"] for s in suggested.get("suggestions", [])[:5]]}}
@@ -88,6 +94,8 @@ def curl_lines(base: str, query: str) -> str:
         f"curl -s {base}/v1/search -H 'content-type: application/json' -d '{body}'",
         f"curl -s {base}/v1/understand -H 'content-type: application/json' -d '{json.dumps({'query': query})}'",
         f"curl -s '{base}/v1/suggest?q={query[:3]}'",
+        f"curl -s '{base}/v1/recommend/home?user_id=U00001&size=5'",
+        f"curl -s '{base}/v1/recommend/similar?product_id=P000001&size=5'",
         f"curl -s {base}/healthz",
         f"open {base}/ (demo page) and {base}/docs (OpenAPI)"])
 
