@@ -44,18 +44,18 @@ def test_posted_events_become_a_served_version_through_the_gated_refresh(serve_a
 
     monkeypatch.setenv(refresh.FAIL_AFTER_ENV, "train")  # the pass dies right after registering its candidate
     with pytest.raises(RuntimeError, match="simulated crash"):
-        refresh.run(RefreshConfig(**base))
+        refresh.run(RefreshConfig(**base))  # labels, snapshot, train: then it dies
     monkeypatch.delenv(refresh.FAIL_AFTER_ENV)
     (candidate,) = {v.name for v in registry.list("recommender")} - versions_before
     assert registry.resolve("recommender@production", "recommender").name == before
 
-    strict = refresh.run(RefreshConfig(**base, min_gain=1.0))  # a gate no model can pass
+    strict = refresh.run(RefreshConfig(**base, min_gain=1.0, labels=False))  # a gate no model can pass
     assert strict.candidate == candidate and strict.steps["train"] == f"reused {candidate}"
     assert strict.steps["snapshot"] == "reused" and not strict.promoted
     assert strict.gate["reference"] == before and strict.gate["metric"] == "ndcg@10" and strict.gate["test_users"] > 0
     assert registry.resolve("recommender@production", "recommender").name == before
 
-    loose = refresh.run(RefreshConfig(**base, min_gain=-1.0))  # any candidate not a full point worse
+    loose = refresh.run(RefreshConfig(**base, min_gain=-1.0, labels=False))  # any candidate not a full point worse
     assert loose.promoted and loose.production_after == candidate and "recommend" in loose.steps
     assert {v.name for v in registry.list("recommender")} - versions_before == {candidate}  # no duplicate version
     entry = registry.get(candidate)
