@@ -292,13 +292,13 @@ class SearchIngress:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_EVENTS_BODY_BYTES:
             return json_error(413, "payload too large", [("body", f"{int(declared):,} bytes; at most {MAX_EVENTS_BODY_BYTES:,}")], rid)
-        raw = b""
+        raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > MAX_EVENTS_BODY_BYTES:
                 return json_error(413, "payload too large", [("body", f"more than {MAX_EVENTS_BODY_BYTES:,} bytes")], rid)
         try:
-            batch = EventBatch.model_validate_json(raw)
+            batch = EventBatch.model_validate_json(bytes(raw))
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]) from None
         rows = [self._stored_event(e) for e in batch.events]

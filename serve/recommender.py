@@ -60,6 +60,7 @@ class Recommender:
         self.config = ServeAppConfig(**config)
         set_torch_threads(self.config.torch_threads)
         self.db = lancedb.connect(self.config.db, read_consistency_interval=timedelta(seconds=self.config.refresh_s))
+        self._tables: dict[str, Any] = {}
         self.slot: Optional[ModelSlot] = None
         if self.config.recommender_model.lower() != "none":
             self.slot = ModelSlot(self.config.recommender_model, "recommender", self.config.models_dir, optional_alias=True)
@@ -73,16 +74,24 @@ class Recommender:
 
     # ---- building ---------------------------------------------------------------------------
 
+    def _table(self, name: str):
+        """The table's handle, opened once (it follows new versions within refresh_s); None while it does not exist."""
+        tbl = self._tables.get(name)
+        if tbl is None:
+            try:
+                tbl = self._tables[name] = self.db.open_table(name)
+            except Exception:  # noqa: BLE001 - the table does not exist (yet)
+                return None
+        return tbl
+
     def _version(self, name: str) -> int:
-        try:
-            return int(self.db.open_table(name).version)
-        except Exception:  # noqa: BLE001 - the table does not exist (yet)
-            return 0
+        tbl = self._table(name)
+        return int(tbl.version) if tbl is not None else 0
 
     def _read(self, name: str, columns: list[str], where: Optional[str] = None) -> pd.DataFrame:
-        if not self._version(name):
+        tbl = self._table(name)
+        if tbl is None or not tbl.version:
             return pd.DataFrame(columns=columns)
-        tbl = self.db.open_table(name)
         cols = [c for c in columns if c in tbl.schema.names]
         query = tbl.search().select(cols)
         if where:
