@@ -1,9 +1,18 @@
 """Suggest: completions as the shopper types, from the `suggestions` table that `jobs.suggest`
 builds (query popularity from events, the catalogue's brands, categories and product lines, each
 user's affinities). Loaded once per replica; re-loaded when `jobs.suggest` writes a new version.
+
+Between two `jobs.suggest` runs, a shopper's new events still count: when the events table moves
+(checked every `refresh_s`), the users with events in the last LIVE_WINDOW_H hours get their
+affinity (brand/category taste, price level) recomputed from their whole history, the same way
+the job does. So feedback posted to `POST /v1/events` personalises that shopper's suggestions and
+searches within about `refresh_s`; query popularity follows at the next `jobs.suggest` run.
 """
 from __future__ import annotations
 
+import logging
+import time
+from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from ray import serve
@@ -12,6 +21,10 @@ from ray_app.search.suggest import SuggestIndex
 from ray_app.store import Store
 from schemas.serving import ServeAppConfig
 from serve.models import Watcher
+
+logger = logging.getLogger("ray.serve")
+LIVE_WINDOW_H = 24
+AFFINITY_TOP = 5  # as jobs.suggest's default --affinity-top
 
 
 @serve.deployment(
@@ -27,6 +40,7 @@ class Suggest:
         self.config = ServeAppConfig(**config)
         self.store = Store(self.config.db)  # open_table reads the latest version, so each refresh sees new builds
         self.version, self.index = self._load()
+        self.events_v, self.live_users = self._events_version(), 0
         self.watcher = Watcher(self.config.refresh_s, self.refresh, "suggest-refresh")
 
     def _version(self) -> str:
@@ -35,10 +49,46 @@ class Suggest:
     def _load(self) -> tuple[str, Any]:
         return self._version(), SuggestIndex.from_store(self.store)
 
+    def _events_version(self) -> int:
+        return self.store.version("events") if self.store.exists("events") else 0
+
     def refresh(self) -> bool:
-        if self._version() == self.version:
+        changed = False
+        if self._version() != self.version:
+            self.version, self.index = self._load()
+            changed = True
+        if self._events_version() != self.events_v:
+            changed |= self.refresh_affinity()
+        return changed
+
+    def refresh_affinity(self) -> bool:
+        """Recompute the affinity of users with recent events (see the module docstring)."""
+        from ray_app.search.suggest import affinity_weights
+        from ray_app.search.suggest_build import CATALOGUE_USER, ENGAGEMENT, normalize_suggestion, user_affinity
+
+        started, version = time.perf_counter(), self._events_version()
+        since = (datetime.now(timezone.utc) - timedelta(hours=LIVE_WINDOW_H)).strftime("%Y-%m-%d %H:%M:%S")
+        kinds = ", ".join(f"'{k}'" for k in ENGAGEMENT)
+        recent = self.store.read("events", columns=["user_id"],
+                                 where=f"timestamp >= timestamp '{since}' AND event_type IN ({kinds})")
+        users = sorted(set(recent.column("user_id").to_pylist()))
+        self.events_v = version
+        if not users:
             return False
-        self.version, self.index = self._load()
+        quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in users)
+        events = self.store.read("events", columns=["user_id", "event_type", "product_id"],
+                                 where=f"user_id IN ({quoted})").to_pylist()
+        products = self.store.read("products", columns=["product_id", "brand", "category_path", "price"]).to_pylist()
+        about = {p["product_id"]: (normalize_suggestion(p.get("brand") or ""),
+                                   [c for c in (normalize_suggestion(c) for c in p.get("category_path") or []) if c])
+                 for p in products}
+        table = user_affinity(events, about, AFFINITY_TOP, {p["product_id"]: p.get("price") for p in products})
+        weights = affinity_weights(table.to_pylist())
+        weights.pop(CATALOGUE_USER, None)  # the catalogue's medians stay as jobs.suggest computed them
+        self.index.update_affinity(weights)
+        self.live_users = len(weights)
+        logger.info("suggest: affinity of %d recently active users recomputed in %.2fs", len(weights),
+                    time.perf_counter() - started)
         return True
 
     def suggest(self, prefix: str, user_id: Optional[str] = None, k: int = 10) -> dict[str, Any]:
@@ -54,4 +104,5 @@ class Suggest:
         return {**self.index.affinity.get(CATALOGUE_USER, {}), **mine} if mine else {}
 
     def health(self) -> dict[str, Any]:
-        return {"ready": True, "version": f"suggestions v{self.version}", "detail": ""}
+        return {"ready": True, "version": f"suggestions v{self.version}",
+                "detail": f"events v{self.events_v}; {self.live_users} users' affinity updated from their latest events"}

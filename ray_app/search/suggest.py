@@ -98,6 +98,21 @@ class _PrefixIndex:
         return out
 
 
+def affinity_weights(rows: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], float]]:
+    """`suggest_affinity` rows as user -> {(kind, value): weight}: taste weights kept in (0, 1], the
+    price level and the catalogue's medians as computed."""
+    weights: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+    for row in rows:
+        if not (row.get("user_id") and row.get("value")):
+            continue
+        if row["kind"] in ("brand", "category"):
+            if float(row.get("weight") or 0) > 0:
+                weights[row["user_id"]][(row["kind"], row["value"])] = min(1.0, float(row["weight"]))
+        elif row.get("weight") is not None:
+            weights[row["user_id"]][(row["kind"], row["value"])] = float(row["weight"])
+    return dict(weights)
+
+
 class SuggestIndex:
     """Completions ranked by popularity, with word-boundary prefixes, one-typo tolerance and personalisation."""
 
@@ -140,18 +155,14 @@ class SuggestIndex:
         missing = {"text", "score"} - set(suggestions.column_names)
         if missing:
             raise ValueError(f"suggestions table lacks column(s) {sorted(missing)}; it has {suggestions.column_names}")
-        weights: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
-        for row in (affinity.to_pylist() if affinity is not None else []):
-            if not (row.get("user_id") and row.get("value")):
-                continue
-            if row["kind"] in ("brand", "category"):  # taste weights in (0, 1]
-                if float(row.get("weight") or 0) > 0:
-                    weights[row["user_id"]][(row["kind"], row["value"])] = min(1.0, float(row["weight"]))
-            elif row.get("weight") is not None:  # price level and the catalogue's medians: as computed
-                weights[row["user_id"]][(row["kind"], row["value"])] = float(row["weight"])
+        weights = affinity_weights(affinity.to_pylist() if affinity is not None else [])
         stamped = "build_id" in suggestions.column_names and suggestions.num_rows > 0
         build_id = suggestions.column("build_id")[0].as_py() if stamped else ""
-        return cls(suggestions.to_pylist(), dict(weights), build_id=build_id or "")
+        return cls(suggestions.to_pylist(), weights, build_id=build_id or "")
+
+    def update_affinity(self, weights: dict[str, dict[tuple[str, str], float]]) -> None:
+        """Replace these users' weights (a shopper's new events, between two jobs.suggest runs); one swap."""
+        self.affinity = {**self.affinity, **weights}
 
     @classmethod
     def from_store(cls, store: "Store") -> "SuggestIndex":

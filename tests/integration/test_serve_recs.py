@@ -192,3 +192,22 @@ def test_search_is_personalised_by_the_shoppers_affinity_and_not_for_a_stranger(
         assert "personalisation" not in out["versions"] and all("personal" not in h["explain"] for h in out["results"])
     if stranger["arm"] == anonymous["arm"]:  # the same ranker: without affinity the very same order
         assert [h["product_id"] for h in stranger["results"]] == [h["product_id"] for h in anonymous["results"]]
+
+
+def test_a_new_shoppers_events_reach_the_suggest_deployment_and_personalise_their_search(serve_app):
+    """Between two jobs.suggest runs: clicks posted now give the shopper an affinity within refresh_s."""
+    shopper = f"newcomer-{uuid.uuid4().hex[:6]}"
+
+    def search():
+        r = requests.post(f"{serve_app['url']}/v1/search", json={"query": "desk lamp", "size": 5, "user_id": shopper,
+                                                                  "explain": True}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    assert "personalisation" not in search()["versions"]
+    clicks = [event("click", p, user=shopper, session="s-new") for p in ("p006", "p014", "p022")]  # desk lamps
+    assert post_events(serve_app, clicks).status_code == 200
+    out = wait_for("the Suggest replica to fold the clicks in", lambda: (o := search())["versions"].get("personalisation") and o, 30)
+    assert any(h["explain"]["personal"]["score"] > 0 for h in out["results"])  # desk lamps: the category clicked
+    health = requests.get(f"{serve_app['url']}/healthz", timeout=30).json()["deployments"]["Suggest"]
+    assert "affinity updated from their latest events" in health["detail"]
