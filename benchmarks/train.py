@@ -181,7 +181,7 @@ def plain_loop(cfg: dict[str, Any], data, threads: int) -> dict[str, Any]:
 
     from ray_app.models.lora import build_model
     from ray_app.training.loop import linear_schedule, make_optimizer, optimizer_step, save_checkpoint
-    from ray_app.training.tasks import TASK_FUNCS
+    from ray_app.training.tasks import EPOCH_START, TASK_FUNCS
     from schemas.training import LoraSettings
 
     torch.set_num_threads(threads)
@@ -201,6 +201,8 @@ def plain_loop(cfg: dict[str, Any], data, threads: int) -> dict[str, Any]:
         start = time.perf_counter()
         model.train()
         loss_sum, steps = 0.0, 0
+        if cfg["task"] in EPOCH_START:  # per-epoch state of a task (the recommender's item cache), as the Ray loop
+            cfg = {**cfg, **EPOCH_START[cfg["task"]](model, _Rows(train), tokenizer, cfg, device)}
         order = np.random.default_rng(cfg["seed"] * 1000 + epoch).permutation(n)
         for i in range(0, n, bs):
             batch = {k: v[order[i:i + bs]] for k, v in train.items()}
@@ -219,6 +221,18 @@ def plain_loop(cfg: dict[str, Any], data, threads: int) -> dict[str, Any]:
             save_checkpoint(folder, model, optimizer, scheduler, {"epoch": epoch, "history": history})
         ends.append(time.perf_counter())
     return {"history": history, "epoch_ends": ends, "train_only_s": train_s}
+
+
+class _Rows:
+    """Column arrays behind the one Ray Data method a task's epoch hook calls (`iter_batches`)."""
+
+    def __init__(self, columns: dict[str, Any]):
+        self.columns = columns
+
+    def iter_batches(self, batch_size: int = 1024, batch_format: str = "numpy", **_):
+        n = len(next(iter(self.columns.values())))
+        for i in range(0, n, batch_size):
+            yield {k: v[i:i + batch_size] for k, v in self.columns.items()}
 
 
 def ray_run(config, data) -> dict[str, Any]:
