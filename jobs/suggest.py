@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from ray_app.cli import JobError, main_wrapper
 from ray_app.search.suggest import AFFINITY_TABLE, SUGGESTIONS_TABLE, build_suggestions
+from ray_app.search.suggest_build import CATALOGUE_USER
 from ray_app.store import Store, utcnow
 from schemas.config import SuggestConfig
 
@@ -83,7 +84,7 @@ def run(config: SuggestConfig) -> SuggestResult:
     versions = {AFFINITY_TABLE: replace_table(store, AFFINITY_TABLE, stamp(affinity, build_id, built_at))}
     versions[SUGGESTIONS_TABLE] = replace_table(store, SUGGESTIONS_TABLE, stamp(suggestions, build_id, built_at))
     by_kind = dict(sorted(Counter(suggestions.column("kind").to_pylist()).items()))
-    users = len(set(affinity.column("user_id").to_pylist()))
+    users = len(set(affinity.column("user_id").to_pylist()) - {CATALOGUE_USER})  # the catalogue's medians are no user
     if not config.quiet:
         print(f"suggest: {suggestions.num_rows:,} completions ({', '.join(f'{k} {n:,}' for k, n in by_kind.items())}), "
               f"{users:,} users with affinity, queries withheld {dropped} -> {SUGGESTIONS_TABLE} "

@@ -47,7 +47,7 @@ class RecsState:
 
 @serve.deployment(
     name="Recommender",
-    ray_actor_options={"num_cpus": 0.1},  # with the other defaults the whole graph fits a 2-core laptop (2.0 CPUs)
+    ray_actor_options={"num_cpus": 0.05},  # with the other defaults the whole graph fits a 2-core laptop (1.95 CPUs)
     max_ongoing_requests=32,
     max_queued_requests=64,
     backpressure_config={"status_code": 503, "retry_after_s": 1},  # a full queue: 503 + Retry-After

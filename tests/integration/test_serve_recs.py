@@ -104,18 +104,23 @@ def test_events_posted_reach_the_shoppers_next_list_and_are_stored_pseudonymised
 
 
 def test_cart_complements_come_from_baskets_posted_as_events(serve_app):
-    baskets = [[event("purchase", p, user=f"buyer-{i}", session=f"basket-{i}", quantity=1, value=9.5)
-                for p in ("p101", "p102")] for i in range(4)]
+    # ten baskets: enough to outweigh what other tests of the session bought with p101
+    run = uuid.uuid4().hex[:6]
+    baskets = [[event("purchase", p, user=f"buyer-{i}", session=f"basket-{run}-{i}", quantity=1, value=9.5)
+                for p in ("p101", "p102")] for i in range(10)]
     assert post_events(serve_app, [e for b in baskets for e in b]).status_code == 200
 
     def complemented():
         r = requests.post(f"{serve_app['url']}/v1/recommend/cart", json={"product_ids": ["p101", "nope"], "size": 5}, timeout=60)
         assert r.status_code == 200, r.text
         complemented.last = out = r.json()
-        return out if out["items"] and out["items"][0]["product_id"] == "p102" else None
+        top = {i["product_id"]: i["sources"] for i in out["items"][:3]}
+        return out if "co_purchase" in top.get("p102", []) else None
 
-    out = wait_for("co-purchase to count the new baskets", complemented, 30)  # recs_stats_refresh_s = 1
-    assert out["strategy"] == "cart" and "co_purchase" in out["items"][0]["sources"]
+    # recs_stats_refresh_s = 1; the basket's complement is among the first three (items that the model's
+    # read of the basket also ranks can come first: the lists are fused)
+    out = wait_for("co-purchase to count the new baskets", complemented, 30)
+    assert out["strategy"] == "cart"
     assert out["unknown_products"] == ["nope"] and all(i["product_id"] != "p101" for i in out["items"])
 
 
@@ -126,13 +131,16 @@ def test_a_new_product_is_similar_through_its_text_before_anyone_buys_it(serve_a
     Store(serve_app["db"]).upsert("products", rows_to_arrow([twin], "products"))
 
     def answered():
-        r = requests.get(f"{serve_app['url']}/v1/recommend/similar", params={"product_id": twin["product_id"], "size": 5}, timeout=60)
+        r = requests.get(f"{serve_app['url']}/v1/recommend/similar", params={"product_id": twin["product_id"], "size": 10}, timeout=60)
         return r.json() if r.status_code == 200 else None
 
     out = wait_for("the new product in the Recommender's catalogue", answered, 60)
-    assert out["strategy"] == "similar" and out["items"][0]["product_id"] == "p013"  # the same text: the nearest vector
-    assert out["items"][0]["sources"] == ["vector"]  # nobody bought it: no co-purchase, still answered
-    back = get(serve_app, "/v1/recommend/similar", product_id="p013", size=5)
+    # the same text: among the nearest vectors (first while the recommender has no id embeddings; a
+    # version jobs.refresh trained earlier in the session adds p013's own id row, and p053, p093, ...
+    # are "bosch coffee mug model N" too)
+    assert out["strategy"] == "similar" and "p013" in [i["product_id"] for i in out["items"]]
+    assert all(i["sources"] == ["vector"] for i in out["items"])  # nobody bought it: no co-purchase, still answered
+    back = get(serve_app, "/v1/recommend/similar", product_id="p013", size=10)
     assert twin["product_id"] in [i["product_id"] for i in back["items"]]
     r = requests.get(f"{serve_app['url']}/v1/recommend/similar", params={"product_id": "no-such"}, timeout=60)
     assert r.status_code == 404 and r.json()["detail"][0]["field"] == "product_id"

@@ -10,6 +10,7 @@ import pytest
 
 from jobs import generate, ingest, suggest
 from ray_app.search.suggest import AFFINITY_TABLE, SUGGESTIONS_TABLE, SuggestIndex, normalize_suggestion
+from ray_app.search.suggest_build import CATALOGUE_USER
 from ray_app.store import Store, StoreError
 from schemas.config import GenerateConfig, IngestConfig, SuggestConfig
 
@@ -58,8 +59,9 @@ def test_job_builds_tables_the_index_answers_from(shop, capsys):
     assert solo and not solo & set(logged.column("text").to_pylist())
     affinity = store.db.open_table(AFFINITY_TABLE).to_arrow()
     pseudonyms = set(store.read("events", columns=["user_id"]).column("user_id").to_pylist())
-    assert summary["users_with_affinity"] == len(set(affinity.column("user_id").to_pylist())) > 0
-    assert set(affinity.column("user_id").to_pylist()) <= pseudonyms
+    people = set(affinity.column("user_id").to_pylist()) - {CATALOGUE_USER}  # its rows: each leaf's median price
+    assert summary["users_with_affinity"] == len(people) > 0
+    assert people <= pseudonyms and CATALOGUE_USER in set(affinity.column("user_id").to_pylist())
     assert not set(affinity.column("user_id").to_pylist()) & set(events.user_id)
 
     # a user's own brands lift completions about them, flagged; the same prefix without a user is not
