@@ -61,7 +61,7 @@ def main() -> None:
     from ray_app.index import load_text_encoder
     from ray_app.search.personal import personalise
     from ray_app.search.pipeline import LiveCatalogue, first_stage
-    from ray_app.search.suggest_build import normalize_suggestion, user_affinity
+    from ray_app.search.suggest_build import user_affinity
     from ray_app.store import Store
     from schemas.fusion import FusionSpec
     from schemas.serving import ServeAppConfig
@@ -84,9 +84,7 @@ def main() -> None:
     events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True)
     cut = events.loc[events["event_type"] == "purchase", "timestamp"].quantile(CUT_QUANTILE)
     before, after = events[events["timestamp"] < cut], events[events["timestamp"] >= cut]
-    about = {p["product_id"]: (normalize_suggestion(p.get("brand") or ""),
-                               [c for c in (normalize_suggestion(c) for c in p.get("category_path") or []) if c]) for p in products}
-    table = user_affinity(before.to_dict("records"), about, top=5, prices={p["product_id"]: p.get("price") for p in products})
+    table = user_affinity(before.to_dict("records"), products, top=5)
     from ray_app.search.suggest import SuggestIndex
     from ray_app.search.suggest_build import CATALOGUE_USER
 

@@ -107,7 +107,6 @@ def in_process_home(config, users: list[str], seconds: float) -> dict[str, Any]:
 
 def in_process_writes(db: str, seconds: float) -> dict[str, Any]:
     from ray_app.store import Store, rows_to_arrow
-    from serve.ingress import SearchIngress  # noqa: F401 - the same row shape the ingress writes
 
     store = Store(db)
     out = {}

@@ -41,18 +41,24 @@ def _shares(config: AbtestConfig) -> Optional[dict[str, float]]:
     return out or None
 
 
+def _when(bound: str) -> pd.Timestamp:
+    try:
+        when = pd.Timestamp(bound)
+    except ValueError:
+        raise JobError(f"not an ISO time: {bound!r}") from None
+    return when.tz_localize("UTC") if when.tzinfo is None else when
+
+
 def read_events(store: Store, config: AbtestConfig) -> pd.DataFrame:
+    """The logged events within --since/--until."""
     frame = store.read("events", columns=COLUMNS).to_pandas()
     ts = pd.to_datetime(frame["timestamp"], utc=True)
-    for bound, keep in ((config.since, lambda t, b: ts >= b), (config.until, lambda t, b: ts < b)):
-        if bound:
-            try:
-                when = pd.Timestamp(bound)
-            except ValueError:
-                raise JobError(f"not an ISO time: {bound!r}") from None
-            when = when.tz_localize("UTC") if when.tzinfo is None else when
-            frame, ts = frame[keep(ts, when)], ts[keep(ts, when)]
-    return frame
+    keep = pd.Series(True, index=frame.index)
+    if config.since:
+        keep &= ts >= _when(config.since)
+    if config.until:
+        keep &= ts < _when(config.until)
+    return frame[keep]
 
 
 def candidate_ranks(config: AbtestConfig, store: Store, logged: pd.DataFrame) -> dict[tuple[str, str], int]:

@@ -111,7 +111,9 @@ class Recommender:
         started = time.perf_counter()
         products_v, events_v = self._version("products"), self._version("events")
         model_version, loaded = self.slot.current if self.slot is not None else ("none", None)
-        frame = self._read("products", PRODUCT_READ + [VECTOR_COLUMN]).sort_values("product_id", kind="stable")
+        # the retrieval vectors only stand in for the model's item tower when no model is served
+        frame = self._read("products", PRODUCT_READ + ([] if loaded is not None else [VECTOR_COLUMN]))
+        frame = frame.sort_values("product_id", kind="stable")
         rows = frame.drop(columns=[VECTOR_COLUMN], errors="ignore").to_dict("records")
         rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows]
         system, vectors = None, None

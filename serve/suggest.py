@@ -41,6 +41,7 @@ class Suggest:
         self.store = Store(self.config.db)  # open_table reads the latest version, so each refresh sees new builds
         self.version, self.index = self._load()
         self.events_v, self.live_users = self._events_version(), 0
+        self._catalogue: tuple[int, list[dict[str, Any]]] = (-1, [])
         self.watcher = Watcher(self.config.refresh_s, self.refresh, "suggest-refresh")
 
     def _version(self) -> str:
@@ -61,10 +62,18 @@ class Suggest:
             changed |= self.refresh_affinity()
         return changed
 
+    def _products(self) -> list[dict[str, Any]]:
+        """The catalogue's brand, categories and price, read again only when the products table moved."""
+        version = self.store.version("products")
+        if self._catalogue[0] != version:
+            rows = self.store.read("products", columns=["product_id", "brand", "category_path", "price"]).to_pylist()
+            self._catalogue = (version, rows)
+        return self._catalogue[1]
+
     def refresh_affinity(self) -> bool:
         """Recompute the affinity of users with recent events (see the module docstring)."""
         from ray_app.search.suggest import affinity_weights
-        from ray_app.search.suggest_build import CATALOGUE_USER, ENGAGEMENT, normalize_suggestion, user_affinity
+        from ray_app.search.suggest_build import CATALOGUE_USER, ENGAGEMENT, user_affinity
 
         started, version = time.perf_counter(), self._events_version()
         since = (datetime.now(timezone.utc) - timedelta(hours=LIVE_WINDOW_H)).strftime("%Y-%m-%d %H:%M:%S")
@@ -78,11 +87,7 @@ class Suggest:
         quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in users)
         events = self.store.read("events", columns=["user_id", "event_type", "product_id"],
                                  where=f"user_id IN ({quoted})").to_pylist()
-        products = self.store.read("products", columns=["product_id", "brand", "category_path", "price"]).to_pylist()
-        about = {p["product_id"]: (normalize_suggestion(p.get("brand") or ""),
-                                   [c for c in (normalize_suggestion(c) for c in p.get("category_path") or []) if c])
-                 for p in products}
-        table = user_affinity(events, about, AFFINITY_TOP, {p["product_id"]: p.get("price") for p in products})
+        table = user_affinity(events, self._products(), AFFINITY_TOP)
         weights = affinity_weights(table.to_pylist())
         weights.pop(CATALOGUE_USER, None)  # the catalogue's medians stay as jobs.suggest computed them
         self.index.update_affinity(weights)

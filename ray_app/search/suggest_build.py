@@ -19,7 +19,7 @@ import math
 import re
 import statistics
 from collections import Counter, defaultdict
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import pyarrow as pa
 
@@ -161,11 +161,19 @@ def _leaf(path: list[str]) -> str:
     return path[-1] if path else ""
 
 
-def user_affinity(events: list[dict[str, Any]], about: dict[str, tuple[str, list[str]]], top: int,
-                  prices: Optional[dict[str, float]] = None) -> pa.Table:
+def product_about(products: Iterable[dict[str, Any]]) -> dict[str, tuple[str, list[str]]]:
+    """product_id -> (normalised brand, normalised category levels): what suggestions and affinity match on."""
+    return {p["product_id"]: (normalize_suggestion(p.get("brand") or ""),
+                              [c for c in (normalize_suggestion(c) for c in p.get("category_path") or []) if c])
+            for p in products}
+
+
+def user_affinity(events: list[dict[str, Any]], products: list[dict[str, Any]], top: int) -> pa.Table:
     """Per user: brand and category weights from engagement (impressions say nothing of taste), max 1;
-    with `prices`, also the user's price level (kind `price`: the engagement-weighted mean of
-    log(price / median price of the product's leaf category)) and, under CATALOGUE_USER, each leaf's median."""
+    for products with a `price`, also the user's price level (kind `price`: the engagement-weighted mean
+    of log(price / median price of the product's leaf category)) and, under CATALOGUE_USER, each leaf's median."""
+    about = product_about(products)
+    prices = {p["product_id"]: p.get("price") for p in products if p.get("price")}
     weights: dict[str, Counter] = defaultdict(Counter)
     level: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     medians: dict[str, float] = {}
@@ -210,9 +218,7 @@ def build_suggestions(queries: Iterable[dict[str, Any]], events: Iterable[dict[s
     Dropped query counts are in the suggestions schema metadata (b"dropped_few_users", b"dropped_identifying").
     """
     queries, events, products = list(queries), list(events), list(products)
-    about = {p["product_id"]: (normalize_suggestion(p.get("brand") or ""),
-                               [c for c in (normalize_suggestion(c) for c in p.get("category_path") or []) if c])
-             for p in products}
+    about = product_about(products)
     brands = _Phrases((b for b, _ in about.values() if b), stem=False)
     categories = _Phrases((c for _, path in about.values() for c in path), stem=True)
     engagement: Counter = Counter()
@@ -221,6 +227,5 @@ def build_suggestions(queries: Iterable[dict[str, Any]], events: Iterable[dict[s
     query_rows, dropped = _query_rows(queries, events, brands, categories, min_query_users, max_digit_run)
     table = _merge(query_rows + _catalogue_rows(products, engagement, min_line_products))
     table = table.replace_schema_metadata({f"dropped_{k}": str(dropped.get(k, 0)) for k in ("few_users", "identifying")})
-    prices = {p["product_id"]: p.get("price") for p in products if p.get("price")}
-    return table, user_affinity(events, about, affinity_top, prices)
+    return table, user_affinity(events, products, affinity_top)
 
