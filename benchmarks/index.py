@@ -120,6 +120,33 @@ def recall_at(found: list[list[int]], truth: np.ndarray, k: int = 10) -> float:
     return round(float(np.mean([len(set(f[:k]) & set(t[:k].tolist())) / k for f, t in zip(found, truth)])), 4)
 
 
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class PeakRss:
+    """This process's peak resident memory (MiB) while the block runs, sampled every 50 ms."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self._proc, self._stop, self.mb = psutil.Process(), threading.Event(), 0.0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.mb = max(self.mb, round(self._proc.memory_info().rss / 2**20, 1))
+            self._stop.wait(0.05)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def bench_ann(args, work: Path) -> dict:
     """(b) IVF_PQ recall@10 and latency against exact numpy search on clustered vectors."""
     import lancedb
@@ -130,27 +157,42 @@ def bench_ann(args, work: Path) -> dict:
     data = clustered_vectors(args.vectors, centres, rng)
     queries = clustered_vectors(args.queries, centres, rng)  # same clusters, not in the table
     truth, _ = exact_search(data, queries, 10)
-    tbl = lancedb.connect(str(work / "ann-db")).create_table(
-        "vectors", pa.table({"product_id": pa.array([str(i) for i in range(len(data))]), "vector": vector_array(data)}))
+    db_dir = work / "ann-db"
+    tbl = lancedb.connect(str(db_dir)).create_table("vectors", pa.table({
+        "product_id": pa.array([str(i) for i in range(len(data))]), "vector": vector_array(data)}))
     as_ids = lambda hits: [int(p) for p, _ in hits]  # noqa: E731
     out: dict = {"vectors": len(data), "dim": args.dim, "clusters": args.clusters, "queries": len(queries),
-                 "load_avg_before": load_avg(), "metric": "recall@10 vs exact numpy top-10 (cosine)", "results": {}}
+                 "load_avg_before": load_avg(), "metric": "recall@10 vs exact numpy top-10 (cosine)", "results": {},
+                 "memory_note": "numpy brute force holds every vector in RAM (float32); the flat scan streams the "
+                                "table from disk per query; an index's bytes are its files on disk (LanceDB caches "
+                                "them in RAM once opened); build_peak_rss_mb is this process's peak RSS while it builds",
+                 "memory": {"vectors_in_ram_mb": round(data.nbytes / 2**20, 1),
+                            "table_on_disk_mb": round(dir_bytes(db_dir) / 2**20, 1)}}
     found, lat = latency(lambda q: exact_search(data, q, 10)[0][0].tolist(), queries)
     out["results"]["numpy_brute_force"] = {"recall@10": recall_at(found, truth), **lat}
-    found, lat = latency(lambda q: as_ids(vector_search(tbl, q, 10, refine_factor=None)), queries)  # no index yet
-    out["results"]["lancedb_flat_scan"] = {"recall@10": recall_at(found, truth), **lat}
-    plan = index_plan(len(data), args.dim, "ivf_pq")
+    flat_queries = queries[: args.flat_queries]  # a flat scan of 1M rows takes seconds per query
+    found, lat = latency(lambda q: as_ids(vector_search(tbl, q, 10, refine_factor=None)), flat_queries)  # no index yet
+    out["results"]["lancedb_flat_scan"] = {"recall@10": recall_at(found, truth[: len(flat_queries)]), **lat,
+                                           "queries": len(flat_queries)}
+    plan = index_plan(len(data), args.dim, "auto")
+    before = dir_bytes(db_dir)
     t0 = time.perf_counter()
-    build_vector_index(tbl, plan)
-    out["ivf_pq"] = {"params": plan["params"], "build_s": round(time.perf_counter() - t0, 1)}
-    for nprobes, refine in ((10, None), (20, None), (20, 10), (50, 10)):
+    with PeakRss() as peak:
+        build_vector_index(tbl, plan)
+    out["ivf_pq"] = {"params": plan["params"], "build_s": round(time.perf_counter() - t0, 1),
+                     "index_on_disk_mb": round((dir_bytes(db_dir) - before) / 2**20, 1), "build_peak_rss_mb": peak.mb}
+    for nprobes, refine in args.settings:
         found, lat = latency(lambda q: as_ids(vector_search(tbl, q, 10, nprobes=nprobes, refine_factor=refine)), queries)
         out["results"][f"ivf_pq_nprobes{nprobes}_refine{refine or 0}"] = {"recall@10": recall_at(found, truth), **lat}
     if args.hnsw:
         plan = index_plan(len(data), args.dim, "ivf_hnsw_sq")
+        before = dir_bytes(db_dir)
         t0 = time.perf_counter()
-        build_vector_index(tbl, plan)
-        out["ivf_hnsw_sq"] = {"params": plan["params"], "build_s": round(time.perf_counter() - t0, 1)}
+        with PeakRss() as peak:
+            build_vector_index(tbl, plan)
+        out["ivf_hnsw_sq"] = {"params": plan["params"], "build_s": round(time.perf_counter() - t0, 1),
+                              "index_on_disk_mb": round((dir_bytes(db_dir) - before) / 2**20, 1),
+                              "build_peak_rss_mb": peak.mb}
         found, lat = latency(lambda q: as_ids(vector_search(tbl, q, 10, nprobes=plan["params"]["nprobes"], refine_factor=None)), queries)
         out["results"]["ivf_hnsw_sq"] = {"recall@10": recall_at(found, truth), **lat}
     return out
@@ -165,7 +207,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--flat-queries", type=int, default=200, help="queries timed on LanceDB's flat scan (slow at 1M)")
     parser.add_argument("--hnsw", action=argparse.BooleanOptionalAction, default=True, help="also measure IVF_HNSW_SQ")
+    parser.add_argument("--settings", default="10:0,20:0,20:10,50:10",
+                        type=lambda v: [(int(a), int(b) or None) for a, b in (x.split(":") for x in v.split(","))],
+                        help="IVF_PQ query settings to time, nprobes:refine_factor,... (0 = no refine)")
     parser.add_argument("--skip-embed", action="store_true")
     parser.add_argument("--skip-ann", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "index.json"))
@@ -175,10 +221,15 @@ def main() -> None:
     summary = {"benchmark": "index", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     if Path(args.out).is_file():  # a partial run (--skip-ann / --skip-embed) keeps the other part's figures
         previous = json.loads(Path(args.out).read_text())
-        summary.update({k: previous[k] for k in ("ann", "embed") if k in previous})
+        summary.update({k: previous[k] for k in previous if k == "embed" or k.startswith("ann")})
     try:
-        if not args.skip_ann:
-            summary["ann"] = bench_ann(args, work)
+        if not args.skip_ann:  # one entry per size: ann (100k, the default) and ann_<n> for others
+            key = "ann" if args.vectors == 100_000 else f"ann_{args.vectors}"
+            earlier = summary.get(key, {})
+            summary[key] = bench_ann(args, work)
+            if not args.hnsw and "ivf_hnsw_sq" in earlier:  # --no-hnsw keeps an earlier run's HNSW figures (same seed)
+                summary[key]["ivf_hnsw_sq"] = {**earlier["ivf_hnsw_sq"], "from_an_earlier_run": True}
+                summary[key]["results"]["ivf_hnsw_sq"] = earlier["results"]["ivf_hnsw_sq"]
         if not args.skip_embed:
             summary["embed"] = bench_embed(args, work)
     finally:
