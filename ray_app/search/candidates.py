@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, exact_search, fts_search, text_hash, vector_search
+from ray_app.index import HASH_COLUMN, MODEL_COLUMN, VECTOR_COLUMN, exact_search, fts_search, refine_for, text_hash, vector_search
 
 
 class BM25:
@@ -58,7 +58,7 @@ class Dense:
         """(product_id, cosine) best first over the products `mask` keeps (the ANN path takes the same
         filter as a LanceDB `where`); ties broken by catalogue row, so the order is deterministic."""
         if self.ann:
-            return vector_search(self.tbl, vector, depth, where=where)
+            return vector_search(self.tbl, vector, depth, where=where, refine_factor=refine_for(len(self.ids)))
         if mask is None:
             idx, scores = exact_search(self.matrix, vector, depth)
             return [(self.ids[i], float(s)) for i, s in zip(idx[0], scores[0])]

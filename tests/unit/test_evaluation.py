@@ -85,6 +85,9 @@ def test_index_rule():
     assert index_plan(5_000, 384)["type"] == "none"
     big = index_plan(100_000, 384)
     assert big["type"] == "IVF_PQ" and big["params"]["num_partitions"] == 316 and big["params"]["num_sub_vectors"] == 48
+    assert big["params"]["refine_factor"] == 10
+    huge = index_plan(1_000_000, 384)["params"]  # benchmarks/index.py: refine 10 keeps 0.74 of the top-10 at 1M, 50 keeps 0.979
+    assert (huge["num_partitions"], huge["refine_factor"]) == (1000, 50)
     assert index_plan(100, 384, index="ivf_pq")["type"] == "none"  # too few rows to train PQ
     assert index_plan(50_000, 384, index="ivf_hnsw_sq")["type"] == "IVF_HNSW_SQ"
     assert (default_sub_vectors(384), default_sub_vectors(32), default_sub_vectors(100)) == (48, 4, 10)
