@@ -174,7 +174,7 @@ def bench_ann(args, work: Path) -> dict:
     found, lat = latency(lambda q: as_ids(vector_search(tbl, q, 10, refine_factor=None)), flat_queries)  # no index yet
     out["results"]["lancedb_flat_scan"] = {"recall@10": recall_at(found, truth[: len(flat_queries)]), **lat,
                                            "queries": len(flat_queries)}
-    plan = index_plan(len(data), args.dim, "auto")
+    plan = index_plan(len(data), args.dim, "ivf_pq")
     before = dir_bytes(db_dir)
     t0 = time.perf_counter()
     with PeakRss() as peak:

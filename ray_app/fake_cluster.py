@@ -3,10 +3,10 @@
 `python -m ray_app.fake_cluster [--config cluster.yaml]` starts a head (`ray start --head` with the
 `fake_multinode` provider, RAY_FAKE_CLUSTER=1) whose worker types are cluster.yaml's (same names,
 resources, min/max workers) but with a short idle timeout, then from a driver:
-  1. asks for a GPU (a task with num_gpus=1) and for more CPUs than the head has (num_cpus=2):
-     the autoscaler starts one `gpu_worker` and one `cpu_worker` from zero, and the GPU task runs
-     on the GPU node, the CPU task on the CPU node;
-  2. waits with no work: both nodes are terminated after the idle timeout.
+  1. asks for more CPUs than the head has (a task with num_cpus=2): the autoscaler starts a
+     `cpu_worker` from zero, and no GPU node, and the task runs there;
+  2. asks for a GPU (num_gpus=1): it starts a `gpu_worker` from zero and the task runs there;
+  3. waits with no work: the workers are terminated after the idle timeout.
 It prints one JSON line (what started where, how long each step took) and exits 0 when every step
 held. Only this cluster's processes are ended at the end (`ray stop` would end every Ray on the
 machine): they are the ones started with this run's own temp dir and GCS port.
@@ -29,7 +29,6 @@ from typing import Any
 import yaml
 
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head node's type
-FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"  # the fake provider's head id
 
 
 def free_port() -> int:
@@ -50,8 +49,7 @@ def fake_config(cluster: dict[str, Any], gcs_address: str, idle_timeout_minutes:
     return {**empty, "cluster_name": f"fake-{cluster['cluster_name']}", "max_workers": cluster.get("max_workers", 4),
             "upscaling_speed": cluster.get("upscaling_speed", 1.0), "idle_timeout_minutes": idle_timeout_minutes,
             "provider": {"type": "fake_multinode", "gcs_address": gcs_address, "disable_launch_config_check": True,
-                         "disable_node_updaters": True, "use_node_id_as_ip": True,
-                         },
+                         "disable_node_updaters": True, "use_node_id_as_ip": True},
             "auth": {"ssh_user": "ubuntu"}, "docker": {}, "file_mounts": {}, "file_mounts_sync_continuously": False,
             "head_node_type": HEAD_TYPE,
             "available_node_types": {**workers, HEAD_TYPE: {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0}}}
@@ -103,7 +101,7 @@ def wait_for(predicate, timeout: float, what: str) -> float:
 
 
 def drive(address: str, timeout: float) -> dict[str, Any]:
-    """Steps 1 and 2 of the module docstring, from a driver connected to the fake cluster."""
+    """Steps 1 to 3 of the module docstring, from a driver connected to the fake cluster."""
     import ray
 
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
@@ -139,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     cluster = yaml.safe_load(Path(args.config).read_text())
     port = free_port()
     temp = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    marker = f"{temp}"
+    marker = temp  # in every command line of this cluster's processes, and in their environment
     config_path = Path(temp) / "autoscaling.yaml"
     config_path.write_text(json.dumps(fake_config(cluster, f"127.0.0.1:{port}", args.idle_timeout_minutes)))
+    # `ray start` turns Ray's token auth on once ~/.ray/auth_token exists (any local ray.init writes it):
+    # the head and this driver then agree on it only if both run in token mode
+    if (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-
            "SHOPSEARCH_FAKE_CLUSTER": marker, "RAY_USAGE_STATS_ENABLED": "0"}
     ray_bin = str(Path(sys.executable).with_name("ray"))
     result: dict[str, Any] = {"ok": False, "config": args.config,

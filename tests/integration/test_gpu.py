@@ -44,6 +44,7 @@ def test_embed_job_on_a_gpu_actor(ray_session, store):
 
     from jobs import embed
     from ray_app.index import load_text_encoder
+    from ray_app.training.data import product_text
     from schemas.evaluation import EmbedConfig
 
     fill_store(store, n=120)
@@ -51,8 +52,6 @@ def test_embed_job_on_a_gpu_actor(ray_session, store):
     assert (result.embedded, result.dim) == (120, 32)
     rows = store.read("products").to_pylist()
     on_cpu = load_text_encoder("tiny-bert", device="cpu")
-    from ray_app.training.data import product_text
-
     texts = [product_text(r) for r in rows[:8]]
     want = np.asarray(on_cpu.encode(texts))
     got = np.asarray([r["vector"] for r in rows[:8]])
