@@ -58,6 +58,7 @@ def _concurrency(config: TuneConfig) -> int:
 
 def run(config: TuneConfig) -> TuneResult:
     """Search, summarise every trial, register (and optionally promote) the best checkpoint."""
+    import ray
     from ray import tune
     from ray.train import Checkpoint
     from ray.tune.logger import TBXLoggerCallback
@@ -68,7 +69,8 @@ def run(config: TuneConfig) -> TuneResult:
     from ray_app.training.data import load_task_data
     from ray_app.training.trainer import build_task_model, recs_options, register_checkpoint
     from tune.report import kept_best_row, model_metrics, recorder, recording_asha, summarize, write_summary
-    from tune.trial import run_trial, to_domains
+    from ray_app.training.stop import StopBoard
+    from tune.trial import StopTrainRuns, run_trial, to_domains
 
     started = time.monotonic()
     base = config.train_config()
@@ -90,17 +92,21 @@ def run(config: TuneConfig) -> TuneResult:
     root = Path(config.storage_path).expanduser().resolve()  # absolute: trials chdir into their own folders
     run_dir, train_dir = root / name, str(root / name / "train")
     rec, asha = recorder(), recording_asha(config.grace_period, config.reduction_factor, max_t)
-    trainable = tune.with_parameters(run_trial, base=base, data=data, train_storage=train_dir)
+    board = StopBoard.remote()  # stopped trials end their Train runs through it (tune/trial.py)
+    trainable = tune.with_parameters(run_trial, base=base, data=data, train_storage=train_dir, board=board)
     tuner = tune.Tuner(
         tune.with_resources(trainable, DRIVER_RESOURCES),
         param_space=to_domains(specs),
         tune_config=tune.TuneConfig(
             metric=metric, mode="max", scheduler=asha, num_samples=config.num_samples,
             search_alg=BasicVariantGenerator(max_concurrent=concurrent, random_state=config.seed)),
-        run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TBXLoggerCallback(), rec],
+        run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TBXLoggerCallback(), rec, StopTrainRuns(board)],
                                   failure_config=tune.FailureConfig(max_failures=0),  # Train retries itself
                                   verbose=0 if config.quiet else 1))
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        ray.kill(board)
 
     trials = summarize(rec, asha, metric, max_t, base)
     table, summary_path = write_summary(trials, run_dir, list(specs), metric)

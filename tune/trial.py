@@ -4,22 +4,24 @@ This is the Train V2 way of composing Tune and Train: a Tune function trainable 
 a TorchTrainer, and `TuneReportCallback` forwards every per-epoch `ray.train.report` of the
 loop to Tune, so a scheduler (ASHA) sees one result per epoch and can stop the trial.
 
-Stopping needs care. Tune stops a trial by ending its actor; the Train controller (owned by that
-actor) dies with it, and the workers' placement group stays reserved: Train V2's
-PlacementGroupCleaner detects a dead controller through the state API, which needs the
-dashboard (off in local runs and tests), so the next trials would wait forever for those CPUs.
-So the trial actor gets a `cleanup` mixin that first aborts its Train run (the controller publishes
-its own handle when it starts); abort shuts the workers down and removes the group.
+Stopping: Tune stops a weak trial by ending its actor, which would end the trial's Train
+controller with it and leave the workers' placement group reserved (ray_app/training/stop.py).
+So `StopTrainRuns`, a Tune callback, asks the run to stop through the search's StopBoard when Tune
+completes a trial (before Tune ends the actor); the loop leaves at the next step on every rank and
+Train releases its resources itself. Public Ray APIs only: a function trainable, a Tune
+`Callback`, an actor, and Tune's `TuneReportCallback` for Train V2.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from ray.tune import Callback
 
 from schemas.training import TrainConfig
 from schemas.tuning import ParamSpec
 
 RATIO_KEY = "lora_alpha_per_r"  # param-space key of lora_alpha=ratio:K
-_TRIAL: dict[str, Any] = {}  # per trial-actor process: the KV key of its Train controller's handle
 
 
 def to_domains(specs: dict[str, ParamSpec]) -> dict[str, Any]:
@@ -51,47 +53,28 @@ def resolve_params(params: dict[str, Any], base: dict[str, Any]) -> dict[str, An
     return out
 
 
-KV_NAMESPACE = "shopsearch-tune"  # Ray's internal KV: trial id -> its Train controller's handle
+class StopTrainRuns(Callback):
+    """Ends a completed trial's Train run before Tune ends the trial's actor: Tune calls
+    on_trial_complete on the driver, synchronously, before it schedules the actor's stop (a trial
+    that finished on its own, or never started, returns at once)."""
 
+    def __init__(self, board, timeout_s: float = 300.0):
+        self.board, self.timeout_s = board, timeout_s
 
-class AbortTrainOnStop:
-    """Mixin of the trial actor (see the module docstring): abort the Train run before exiting."""
-
-    def cleanup(self):
+    def on_trial_complete(self, iteration, trials, trial, **info):
         import ray
-        from ray.experimental import internal_kv
 
-        _TRIAL["stopping"] = True
-        key = _TRIAL.pop("key", None)
-        try:
-            handle = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE) if key else None
-            if handle:
-                internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
-                ray.get(ray.cloudpickle.loads(handle).abort.remote(), timeout=60)
-        except Exception:  # the run already ended, or its controller is gone: nothing to release
-            pass
-        super().cleanup()
+        if not ray.get(self.board.stop_and_wait.remote(trial.trial_id, self.timeout_s)):
+            logging.getLogger(__name__).warning(
+                "trial %s: its Train run did not stop within %.0fs; its workers may hold resources",
+                trial.trial_id, self.timeout_s)
 
 
-def _controller_publisher(key: bytes):
-    """A Train controller callback that publishes the controller's own actor handle under `key`
-    (the KV rather than an actor: one process less per trial)."""
+def run_trial(params: dict[str, Any], base: dict[str, Any], data, train_storage: str, board=None) -> None:
+    """One trial: the same build_trainer as jobs.train, with the trial's settings and Tune reporting;
+    with a StopBoard, the run ends at the next step once the board says so."""
     import ray
-    from ray.experimental import internal_kv
-    from ray.train.v2._internal.execution.callback import ControllerCallback
-
-    class PublishControllerHandle(ControllerCallback):
-        def after_controller_start(self, train_run_context):
-            handle = ray.cloudpickle.dumps(ray.get_runtime_context().current_actor)
-            internal_kv._internal_kv_put(key, handle, namespace=KV_NAMESPACE)
-
-    return PublishControllerHandle()
-
-
-def run_trial(params: dict[str, Any], base: dict[str, Any], data, train_storage: str) -> None:
-    """One trial: the same build_trainer as jobs.train, with the trial's settings and Tune reporting."""
     from ray import tune
-    from ray.experimental import internal_kv
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_app.training.trainer import build_trainer
@@ -99,17 +82,11 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], data, train_storage:
     trial_id = tune.get_context().get_trial_id()
     config = TrainConfig.model_validate({**base, **resolve_params(params, base),
                                          "storage_path": train_storage, "run_name": trial_id})
-    key = f"{train_storage}:{trial_id}".encode()
-    _TRIAL.update(key=key, stopping=False)
-    trainer = build_trainer(config, data, callbacks=[TuneReportCallback(), _controller_publisher(key)])
+    overrides = {"stop_board": board, "stop_key": trial_id} if board is not None else None
+    if board is not None:
+        ray.get(board.started.remote(trial_id))
     try:
-        trainer.fit()
-    except Exception:
-        if not _TRIAL.get("stopping"):  # aborted because Tune stopped the trial: not a failure
-            raise
+        build_trainer(config, data, overrides=overrides, callbacks=[TuneReportCallback()]).fit()
     finally:
-        if not _TRIAL.get("stopping"):
-            internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
-
-
-run_trial.__mixins__ = (AbortTrainOnStop,)  # tune.wrap_function adds these bases to the trial actor
+        if board is not None:
+            ray.get(board.finished.remote(trial_id))

@@ -116,6 +116,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import ray.train.torch
 
     from ray_app.models.lora import build_model, unwrap
+    from ray_app.training.stop import StopSignal
     from ray_app.training.tasks import EPOCH_START, TASK_FUNCS
     from schemas.training import LoraSettings
 
@@ -145,6 +146,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         state["restarts"] += 1
     model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU, NCCL on GPU) + device placement
     metric = cfg["metric"]
+    stop_signal = StopSignal(cfg.get("stop_board"), cfg.get("stop_key"))  # a Tune trial's: ASHA stopped it
 
     for epoch in range(state["epoch"] + 1, cfg["epochs"]):
         model.train()
@@ -162,6 +164,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             loss_sum += float(loss.detach())
             steps += 1
             _maybe_fail(cfg, epoch, rank)
+            if stop_signal.requested(device):  # all ranks at this same step: the run ends, Train frees its workers
+                return {"history": state["history"], "best_epoch": state["best_epoch"], "best": state["best"],
+                        "restarts": state["restarts"], "epochs_run": state["epoch"] + 1, "stopped": True}
         head = unwrap(model)
         head.eval()
         val_shard = ray.train.get_dataset_shard("validation")
