@@ -19,6 +19,7 @@ vector dimension. Last stdout line: JSON summary (embedded, skipped, dim, model,
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import warnings
@@ -69,11 +70,16 @@ def embed_with_ray(todo: list[dict[str, str]], config: EmbedConfig) -> pa.Table:
     import ray
 
     resources = ray.cluster_resources()
-    if config.use_gpu and resources.get("GPU", 0) < 1:
-        raise JobError("--use-gpu: the Ray cluster has no GPU")
-    if not config.use_gpu and config.concurrency * config.cpus_per_actor > resources.get("CPU", 0):
-        raise JobError(f"--concurrency {config.concurrency} x --cpus-per-actor {config.cpus_per_actor} needs more "
-                       f"CPUs than the cluster has ({resources.get('CPU', 0):g})")
+    # a local Ray has what it has: say so up front. A cluster (--ray-address, or `ray job submit`'s
+    # $RAY_ADDRESS) may autoscale from zero: the actors wait there until the autoscaler brings nodes.
+    if not (config.ray_address or os.environ.get("RAY_ADDRESS")):
+        if config.use_gpu and resources.get("GPU", 0) < 1:
+            raise JobError("--use-gpu: the local Ray has no GPU")
+        if not config.use_gpu and config.concurrency * config.cpus_per_actor > resources.get("CPU", 0):
+            raise JobError(f"--concurrency {config.concurrency} x --cpus-per-actor {config.cpus_per_actor} needs more "
+                           f"CPUs than the local Ray has ({resources.get('CPU', 0):g})")
+    elif config.use_gpu and resources.get("GPU", 0) < 1 and not config.quiet:
+        print("no GPU node is up yet: the embed actors wait for the autoscaler to start one", flush=True)
     todo = sorted(todo, key=lambda r: len(r["text"]))  # similar lengths per batch: less padding
     table = pa.Table.from_pylist(todo, schema=pa.schema([("product_id", pa.string()), ("text", pa.string()),
                                                          ("text_hash", pa.string())]))
