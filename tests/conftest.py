@@ -15,8 +15,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """A local Ray started once for the whole test session (num_cpus fixed at 2)."""
+def s3(tmp_path_factory):
+    """A real S3-compatible server on loopback (SeaweedFS `weed mini`), one bucket, signed access.
+    Started before the session's Ray, with its AWS_* variables in the environment, so Ray's
+    workers and Serve's replicas reach `s3://<bucket>/...` exactly as on a cluster."""
+    from ray_app.local_s3 import LocalS3
+
+    server = LocalS3(str(tmp_path_factory.mktemp("s3")), bucket="shop").start()
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3):
+    """A local Ray started once for the whole test session (num_cpus fixed at 2); its processes
+    see the session's S3 server."""
     import ray
 
     from ray_app.runtime import init_ray

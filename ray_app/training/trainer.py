@@ -19,6 +19,7 @@ from typing import Any, Optional
 from ray_app.cli import JobError
 from ray_app.store import Store
 from ray_app.training.data import TaskData, load_task_data
+from schemas.config import absolute
 from schemas.training import ModelVersion, TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def build_trainer(config: TrainConfig, data: TaskData, overrides: Optional[dict[
     resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
     name = config.run_name or f"{config.task}-{config.snapshot}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S-%f}"
     run_config = RunConfig(
-        name=name, storage_path=str(Path(config.storage_path).expanduser().resolve()),
+        name=name, storage_path=absolute(str(config.storage_path)),  # a local folder or s3://, gs://
         checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints,
                                            checkpoint_score_attribute=config.metric_name(),
                                            checkpoint_score_order="max"),

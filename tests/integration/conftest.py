@@ -31,10 +31,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def tiny_shop(tmp_path_factory):
+def tiny_shop(tmp_path_factory, s3):
+    """The Serve tests' shop, its LanceDB on the session's S3 server (models and files local)."""
     from tests.integration.serve_shop import build
 
-    return build(tmp_path_factory.mktemp("serve-shop"))
+    return build(tmp_path_factory.mktemp("serve-shop"), db=f"s3://{s3.bucket}/serve-shop/lancedb")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 BRANDS = ["nike", "adidas", "sony", "bosch", "lego"]
 CATEGORIES = ["running shoe", "headphones", "cordless drill", "toy car", "rain jacket", "coffee mug", "desk lamp", "yoga mat"]
@@ -77,13 +77,14 @@ RECOMMENDER_HEAD = {"locales": ["us", "de"], "max_history": 10}
 API_KEY = "test-key-" + "7f3a"  # made up for the tests; real keys come from the environment or a secrets file
 
 
-def build(root: Path) -> dict[str, Any]:
-    """The whole tiny shop under `root`; the paths and version names the tests need."""
+def build(root: Path, db: Optional[str] = None) -> dict[str, Any]:
+    """The whole tiny shop under `root` (its LanceDB at `db` when given: an s3:// URI, say); the
+    paths and version names the tests need."""
     from jobs import embed
     from ray_app.store import Store
     from schemas.evaluation import EmbedConfig
 
-    db, models = root / "lancedb", root / "models"
+    db, models = db or str(root / "lancedb"), root / "models"
     store = Store(str(db))
     fill(store)
     embed.run(EmbedConfig(db=str(db), workspace=str(root), model="tiny-bert", batch_size=64, quiet=True))

@@ -127,6 +127,7 @@ def cluster(tiny_shop) -> Iterator[dict[str, Any]]:
     # sends a token only under RAY_AUTH_MODE=token: the cluster and the CLI share a token of their own
     token = secrets.token_hex(32)
     env = {**os.environ, "SHOPSEARCH_WORKSPACE": str(Path(tiny_shop["root"]).resolve()),
+           "SHOPSEARCH_DB": tiny_shop["db"],  # the shop's LanceDB on the session's S3 server (AWS_* inherited)
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(name, None)
@@ -176,7 +177,7 @@ def test_serve_deploy_checked_in_config_on_ray_start_head(cluster, tiny_shop, tm
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     config["http_options"]["port"] = cluster["http_port"]
     app = config["applications"][0]
-    assert "workspace" not in app["args"] and "db" not in app["args"]  # the store comes from $SHOPSEARCH_WORKSPACE
+    assert "workspace" not in app["args"] and "db" not in app["args"]  # the store comes from $SHOPSEARCH_WORKSPACE / _DB
     # the tiny shop's models (as the session's serve_app); everything else as checked in, the
     # relative `rules: serve/rules.yaml` included (resolved where `ray start` ran)
     app["args"].update(encoder="tiny-bert", torch_threads=1, reload_s=1.0, refresh_s=1.0)
