@@ -37,6 +37,17 @@ def weed_binary() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, so a
+    killed test run or a killed CLI never leaves a server behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     try:
@@ -81,7 +92,8 @@ class LocalS3:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                "S3_BUCKET": self.bucket}
         self.log = open(self.data_dir / "weed.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_s
         while not self._bucket_ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -131,6 +143,7 @@ def main(argv=None) -> int:
     for key, value in server.env().items():
         print(f"export {key}={value}")
     print(f"# s3://{args.bucket}/ is ready; Ctrl-C stops the server", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops the server too (finally below)
     try:
         server.proc.wait()
     except KeyboardInterrupt:
