@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,9 @@ from typing import Any
 
 import yaml
 
+from ray_app.net import free_port
+
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head node's type
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_config(cluster: dict[str, Any], gcs_address: str, idle_timeout_minutes: float) -> dict[str, Any]:

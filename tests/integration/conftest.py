@@ -2,9 +2,9 @@
 `serve_shop.py`, and shut down at the end."""
 from __future__ import annotations
 
-import socket
-
 import pytest
+
+from ray_app.net import free_port
 
 SERVE_TEST_OPTIONS = {  # small CPU reservations: the test Ray has 2 CPUs for the whole graph
     "QueryUnderstanding": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
@@ -22,12 +22,6 @@ SERVE_TEST_OPTIONS = {  # small CPU reservations: the test Ray has 2 CPUs for th
 EXPERIMENT = {"name": "ranker-ab-test", "unit": "user",
               "arms": {"control": {"model": "ranker@production", "share": 0.9},
                        "treatment": {"model": "ranker@candidate", "share": 0.1}}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -23,23 +23,13 @@ import pytest
 import requests
 import yaml
 
+from ray_app.net import free_ports
+
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the .venv's `ray` and `serve`: the project is installed in it
 READY_S = 300.0  # tiny models load in seconds; a loaded 2-core box is slower
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free right now (all held open together, so none repeats)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def free_range(taken: list[int], size: int = 100) -> tuple[int, int]:
