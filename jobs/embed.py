@@ -19,7 +19,6 @@ vector dimension. Last stdout line: JSON summary (embedded, skipped, dim, model,
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import warnings
@@ -69,10 +68,12 @@ def embed_with_ray(todo: list[dict[str, str]], config: EmbedConfig) -> pa.Table:
     """Run the `Embed` actor pool over `todo` rows (Ray already started); returns the vector columns."""
     import ray
 
+    from ray_app.runtime import cluster_address
+
     resources = ray.cluster_resources()
     # a local Ray has what it has: say so up front. A cluster (--ray-address, or `ray job submit`'s
     # $RAY_ADDRESS) may autoscale from zero: the actors wait there until the autoscaler brings nodes.
-    if not (config.ray_address or os.environ.get("RAY_ADDRESS")):
+    if not cluster_address(config.ray_address):
         if config.use_gpu and resources.get("GPU", 0) < 1:
             raise JobError("--use-gpu: the local Ray has no GPU")
         if not config.use_gpu and config.concurrency * config.cpus_per_actor > resources.get("CPU", 0):

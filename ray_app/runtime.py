@@ -52,6 +52,12 @@ def configure_output(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL if name == _CLEANER_LOGGER else logging.ERROR)
 
 
+def cluster_address(address: Optional[str] = None) -> Optional[str]:
+    """The Ray cluster a job joins: `address` (--ray-address), else $RAY_ADDRESS (set by `ray job
+    submit`); None means a local Ray, whose resources are all it will ever have (a cluster may autoscale)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quiet: bool = True,
              verbose: Optional[bool] = None) -> None:
     """Join `address` or $RAY_ADDRESS (set by `ray job submit`), else start a local Ray.
@@ -64,7 +70,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, quie
         return
     verbose = _VERBOSE if verbose is None else verbose
     configure_output(verbose)
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     kwargs = dict(ignore_reinit_error=True, log_to_driver=verbose,
                   logging_level=logging.INFO if verbose else logging.ERROR)
     if address:

@@ -19,7 +19,6 @@ The last stdout line is the JSON TuneResult.
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from datetime import datetime, timezone
@@ -40,7 +39,9 @@ def _concurrency(config: TuneConfig) -> int:
     """--max-concurrent, lowered to the trials a local Ray fits (a cluster may autoscale)."""
     import ray
 
-    if config.ray_address or os.environ.get("RAY_ADDRESS"):
+    from ray_app.runtime import cluster_address
+
+    if cluster_address(config.ray_address):
         return min(config.max_concurrent, config.num_samples)
     have = ray.cluster_resources()
     per_trial = config.num_workers * config.cpus_per_worker

@@ -9,7 +9,6 @@ checkpoints every epoch and keeps its own history in the checkpoint state.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from datetime import datetime, timezone
@@ -77,7 +76,9 @@ def recs_options(config: TrainConfig) -> dict[str, Any]:
 def _check_resources(config: TrainConfig) -> None:
     import ray
 
-    if config.ray_address or os.environ.get("RAY_ADDRESS"):
+    from ray_app.runtime import cluster_address
+
+    if cluster_address(config.ray_address):
         return  # a cluster may autoscale: let Ray wait for the resources
     have = ray.cluster_resources()
     need_cpu = config.num_workers * config.cpus_per_worker
