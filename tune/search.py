@@ -68,9 +68,9 @@ def run(config: TuneConfig) -> TuneResult:
     from ray_app.runtime import init_ray
     from ray_app.store import Store
     from ray_app.training.data import load_task_data
+    from ray_app.training.stop import StopBoard
     from ray_app.training.trainer import build_task_model, recs_options, register_checkpoint
     from tune.report import kept_best_row, model_metrics, recorder, recording_asha, summarize, write_summary
-    from ray_app.training.stop import StopBoard
     from tune.trial import StopTrainRuns, run_trial, to_domains
 
     started = time.monotonic()

@@ -98,17 +98,28 @@ def rank_slice(batches: Iterable[dict[str, Any]], rank: int, world: int) -> Iter
             yield {k: v[keep] for k, v in batch.items()}
 
 
-def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    """`values` reduced over the ranks of the run (sum or max); as they are on a single worker."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return sums
-    keys = sorted(sums)
+        return values
     # NCCL only reduces CUDA tensors; gloo takes CPU ones
     on = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=on)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.cpu().tolist()))
+    t = torch.tensor(values, dtype=torch.float64, device=on)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
+def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    keys = sorted(sums)
+    return dict(zip(keys, all_reduce([float(sums[k]) for k in keys], device)))
+
+
+def _outcome(state: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What the loop returns (rank 0's is the run's): the epoch history and the best epoch."""
+    return {"history": state["history"], "best_epoch": state["best_epoch"], "best": state["best"],
+            "restarts": state["restarts"], "epochs_run": state["epoch"] + 1, **extra}
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -165,8 +176,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             steps += 1
             _maybe_fail(cfg, epoch, rank)
             if stop_signal.requested(device):  # all ranks at this same step: the run ends, Train frees its workers
-                return {"history": state["history"], "best_epoch": state["best_epoch"], "best": state["best"],
-                        "restarts": state["restarts"], "epochs_run": state["epoch"] + 1, "stopped": True}
+                return _outcome(state, stopped=True)
         head = unwrap(model)
         head.eval()
         val_shard = ray.train.get_dataset_shard("validation")
@@ -197,5 +207,4 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:03d}_try{state['restarts']}")
         if stop:
             break
-    return {"history": state["history"], "best_epoch": state["best_epoch"], "best": state["best"],
-            "restarts": state["restarts"], "epochs_run": state["epoch"] + 1}
+    return _outcome(state)

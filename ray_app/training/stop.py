@@ -68,13 +68,7 @@ class StopSignal:
     def requested(self, device=None) -> bool:
         if self._board is None:
             return False
-        import torch
-        import torch.distributed as dist
+        from ray_app.training.loop import all_reduce
 
-        flag = self._polled()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            on = device if dist.get_backend() == "nccl" else torch.device("cpu")
-            t = torch.tensor([1.0 if flag else 0.0], device=on)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)  # every rank leaves at the same step
-            flag = bool(t.item() > 0)
-        return flag
+        # max over the ranks: every rank leaves at the same step once any one has seen the stop
+        return all_reduce([1.0 if self._polled() else 0.0], device, op="max")[0] > 0
