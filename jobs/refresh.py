@@ -74,11 +74,12 @@ def alias_of(config: RefreshConfig) -> str:
 def train_config(config: RefreshConfig, snapshot: str, prod) -> Any:
     """What jobs.train gets: production's base, towers and split, warm-started from it."""
     from ray_app.models.lora import read_meta
+    from ray_app.registry import version_folder
     from schemas.training import TrainConfig
 
     shape: dict[str, Any] = {}
     if prod is not None:
-        head = read_meta(prod.path)["head_config"]
+        head = read_meta(version_folder(prod.path))["head_config"]
         shape = {"base_model": prod.base_model, "max_history": head.get("max_history", 20),
                  "temperature": head.get("temperature", 0.05), "id_dropout": head.get("id_dropout", 0.3),
                  "text_tower": "frozen" if head.get("frozen_text") else "lora", "lora": bool(prod.lora)}

@@ -10,6 +10,17 @@ candidate...) are per task: `production` of the ranker and of intent_entity are 
 models; `resolve("intent_entity@production")` names one, a bare alias works when only one
 task has it, and `<task>@latest` is the newest version. Besides the trained tasks, `fusion`
 versions record the hybrid's fitted fusion settings (`fusion.json`, no weights; `jobs.fuse`).
+
+Shared by every node: the models dir may be `s3://bucket/prefix` (any S3-compatible server via
+`AWS_ENDPOINT_URL`). There `registry.json` is one object changed only by compare-and-swap
+(read it with its ETag, write it back `If-Match` that ETag, or `If-None-Match: *` for the first
+write; on a conflict read again and retry), the same conditional PUTs LanceDB commits with, so no
+lock server, database or shared disk is needed and two jobs never get the same version. A
+version is added in three steps: its number is reserved (a `pending` entry, by CAS), its folder
+is uploaded to `<prefix>/<task>-v<n>/`, then the entry is recorded (by CAS): a reader never sees
+a version whose files are not all there. Version folders are immutable, so each process keeps a
+local copy on first use (`$SHOPSEARCH_MODEL_CACHE`, default `~/.cache/shopsearch/models`).
+A local models dir keeps the fcntl lock and atomic replace of the same JSON.
 """
 from __future__ import annotations
 
@@ -19,17 +30,22 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ray_app.cli import JobError
+from ray_app.object_store import S3Folder, is_uri
 from schemas.config import MODELS_ENV, default_workspace
 from schemas.fusion import FUSION_FILE, FUSION_TASK, FusionSpec
 from schemas.training import TASKS, ModelVersion
 
 MODELS_DIR_ENV = MODELS_ENV
+MODEL_CACHE_ENV = "SHOPSEARCH_MODEL_CACHE"
 REGISTRY_FILE = "registry.json"
 _NAME = re.compile(r"^(?P<task>[a-z_]+)-v(?P<version>\d+)$")
 REGISTRY_TASKS: tuple[str, ...] = TASKS + (FUSION_TASK,)  # trained models, and fitted fusion settings
@@ -44,11 +60,29 @@ def default_models_dir() -> Path:
     return Path(os.environ.get(MODELS_DIR_ENV) or default_workspace() / "models")
 
 
+def model_cache_dir() -> Path:
+    """Where version folders of a registry on object storage are kept locally."""
+    return Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "shopsearch" / "models").expanduser()
+
+
 class Registry:
-    """A JSON model registry under `models_dir`."""
+    """A JSON model registry under `models_dir`: a local folder or `s3://bucket/prefix`."""
+
+    CAS_ATTEMPTS = 60
 
     def __init__(self, models_dir: Optional[str | Path] = None):
-        self.root = Path(models_dir or default_models_dir()).expanduser().resolve()
+        where = str(models_dir or default_models_dir())
+        if is_uri(where):
+            if not where.startswith("s3://"):
+                raise RegistryError(f"models dir {where!r}: on object storage the registry needs s3:// "
+                                    f"(any S3-compatible server through AWS_ENDPOINT_URL)")
+            self.remote: Optional[S3Folder] = S3Folder(where)
+            self.uri = self.remote.uri
+            self.root = model_cache_dir() / self.remote.bucket / self.remote.prefix  # local copies of versions
+        else:
+            self.remote = None
+            self.root = Path(where).expanduser().resolve()
+            self.uri = str(self.root)
 
     # -- storage ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -62,60 +96,138 @@ class Registry:
             tmp.write_text(json.dumps(data, indent=2, default=str))
             os.replace(tmp, self.root / REGISTRY_FILE)
 
-    def _read(self) -> dict[str, Any]:
-        path = self.root / REGISTRY_FILE
-        data = json.loads(path.read_text()) if path.is_file() else {}
+    def _update(self, change: Callable[[dict[str, Any]], Any]) -> Any:
+        """Apply `change` to the registry atomically and return what it returns. On object storage
+        `change` runs on a fresh read after every lost race, so it must only edit `data`."""
+        if self.remote is None:
+            with self._locked() as data:
+                return change(data)
+        for attempt in range(self.CAS_ATTEMPTS):
+            found, etag = self.remote.get_json(REGISTRY_FILE)
+            data = self._defaults(found or {})
+            result = change(data)
+            if self.remote.put_json_if(REGISTRY_FILE, data, etag):
+                return result
+            time.sleep(min(2.0, 0.02 * 2 ** min(attempt, 6)) * (0.5 + uuid.uuid4().int % 1000 / 1000))
+        raise RegistryError(f"registry {self.uri}: {self.CAS_ATTEMPTS} conflicting writes in a row; try again")
+
+    @staticmethod
+    def _defaults(data: dict[str, Any]) -> dict[str, Any]:
         data.setdefault("versions", {})
         data.setdefault("aliases", {})
         return data
 
+    def _read(self) -> dict[str, Any]:
+        if self.remote is not None:
+            return self._defaults(self.remote.get_json(REGISTRY_FILE)[0] or {})
+        path = self.root / REGISTRY_FILE
+        return self._defaults(json.loads(path.read_text()) if path.is_file() else {})
+
     def _version(self, data: dict[str, Any], name: str) -> ModelVersion:
         entry = dict(data["versions"][name])
-        entry["path"] = str((self.root / entry["path"]).resolve())
+        entry["path"] = f"{self.uri}/{name}" if self.remote else str((self.root / entry["path"]).resolve())
         entry["aliases"] = sorted(a for a, n in data["aliases"].get(entry["task"], {}).items() if n == name)
         return ModelVersion(**entry)
 
+    def local_path(self, version: ModelVersion | str) -> Path:
+        """The version's folder on this machine: itself for a local registry; for one on object
+        storage a local copy, downloaded once (versions never change once recorded)."""
+        name = version if isinstance(version, str) else version.name
+        if self.remote is None:
+            return Path(self.get(name).path if isinstance(version, str) else version.path)
+        data = self._read()
+        if name not in data["versions"]:
+            raise RegistryError(self._unknown(data, name))
+        # the artifact id keeps a copy of an older registry's `ranker-v1` at the same URI from being reused
+        folder = self.root / f"{name}-{data['versions'][name].get('artifact', 'x')[:12]}"
+        if not folder.is_dir():
+            partial = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+            try:
+                if not self.remote.download_folder(name, partial):
+                    raise RegistryError(f"{name}: no files under {self.uri}/{name}/")
+                try:
+                    partial.rename(folder)
+                except OSError:  # another process finished the same copy first
+                    if not folder.is_dir():
+                        raise
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+        return folder
+
     # -- writing ---------------------------------------------------------------------------
     def add(self, task: str, save: Callable[[Path], dict[str, Any]], **fields: Any) -> ModelVersion:
-        """Allocate `<task>-v<n>`, call `save(folder)` (returns extra fields, e.g. sizes), record it."""
+        """Allocate `<task>-v<n>`, call `save(folder)` (returns extra fields, e.g. sizes), record it.
+        The number is reserved first, so the slow save runs without holding the registry."""
         if task not in REGISTRY_TASKS:
             raise RegistryError(f"unknown task {task!r}; known: {', '.join(REGISTRY_TASKS)}")
-        with self._locked() as data:
+        token = uuid.uuid4().hex
+
+        def reserve(data: dict[str, Any]) -> tuple[int, str]:
             taken = [int(m["version"]) for m in data["versions"].values() if m["task"] == task]
-            taken += [int(m.group("version")) for p in self.root.iterdir()
-                      if (m := _NAME.match(p.name)) and m.group("task") == task]
+            taken += [int(p["version"]) for p in data.get("pending", {}).values() if p["task"] == task]
+            if self.remote is None and self.root.is_dir():  # folders left by a job killed mid-save
+                taken += [int(m.group("version")) for p in self.root.iterdir()
+                          if (m := _NAME.match(p.name)) and m.group("task") == task]
             version = max(taken, default=0) + 1
             name = f"{task}-v{version}"
-            folder = self.root / name
+            data.setdefault("pending", {})[name] = {
+                "task": task, "version": version, "token": token, "host": socket.gethostname(), "pid": os.getpid(),
+                "started_at": datetime.now(timezone.utc).replace(tzinfo=None).isoformat()}
+            return version, name
+
+        def release(data: dict[str, Any]) -> None:
+            if data.get("pending", {}).get(name, {}).get("token") == token:
+                del data["pending"][name]
+
+        version, name = self._update(reserve)
+        folder = self.root / (f"{name}-{token[:12]}" if self.remote else name)
+        try:
             folder.mkdir(parents=True)
-            try:
-                extra = save(folder) or {}
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
+            extra = save(folder) or {}
             entry = {"name": name, "task": task, "version": version, "path": name,
                      "created_at": datetime.now(timezone.utc).replace(tzinfo=None).isoformat(), **fields, **extra}
+            if self.remote:
+                entry["artifact"] = token
             ModelVersion(**{**entry, "path": str(folder)})  # validate before recording
-            data["versions"][name] = entry
+            if self.remote:
+                self.remote.upload_folder(folder, name)
+
+            def record(data: dict[str, Any]) -> None:
+                release(data)
+                data["versions"][name] = entry
+
+            self._update(record)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                if self.remote:
+                    self.remote.delete_folder(name)
+                self._update(release)
+            except Exception:  # noqa: BLE001 - the original error matters more; the number stays reserved
+                pass
+            raise
         return self.get(name)
 
     def promote(self, name: str, alias: str) -> ModelVersion:
         """Point `alias` of the version's task at `name` (moves it if it pointed elsewhere)."""
         if not re.match(r"^[A-Za-z][A-Za-z0-9_.-]*$", alias) or alias == "latest":
             raise RegistryError(f"alias {alias!r} must start with a letter, use letters, digits, _ . - and not be 'latest'")
-        with self._locked() as data:
+        def point(data: dict[str, Any]) -> None:
             if name not in data["versions"]:
                 raise RegistryError(self._unknown(data, name))
-            task = data["versions"][name]["task"]
-            data["aliases"].setdefault(task, {})[alias] = name
+            data["aliases"].setdefault(data["versions"][name]["task"], {})[alias] = name
+
+        self._update(point)
         return self.get(name)
 
     def record_gate(self, name: str, gate: dict[str, Any]) -> ModelVersion:
         """Append a promotion gate's figures and verdict to version `name`'s lineage."""
-        with self._locked() as data:
+        def append(data: dict[str, Any]) -> None:
             if name not in data["versions"]:
                 raise RegistryError(self._unknown(data, name))
             data["versions"][name].setdefault("gates", []).append(gate)
+
+        self._update(append)
         return self.get(name)
 
     def soup(self, members: Sequence[str], task: Optional[str] = None) -> ModelVersion:
@@ -133,7 +245,7 @@ class Registry:
         if any(v.task == FUSION_TASK for v in versions):
             raise RegistryError("fusion settings have no weights to average; a soup takes trained models")
         first = versions[0]
-        loaded = [load_saved_model(v.path, merge=True, device="cpu") for v in versions]
+        loaded = [load_saved_model(self.local_path(v), merge=True, device="cpu") for v in versions]
         for v, (_, _, meta) in zip(versions[1:], loaded[1:]):
             for what, mine, theirs in (("task", v.task, first.task), ("base model", v.base_model, first.base_model),
                                        ("head", meta["head_config"], loaded[0][2]["head_config"]),
@@ -164,8 +276,7 @@ class Registry:
                         metrics={})
 
     def demote(self, task: str, alias: str) -> None:
-        with self._locked() as data:
-            data["aliases"].get(task, {}).pop(alias, None)
+        self._update(lambda data: data["aliases"].get(task, {}).pop(alias, None))
 
     # -- reading ---------------------------------------------------------------------------
     def list(self, task: Optional[str] = None) -> list[ModelVersion]:
@@ -206,7 +317,7 @@ class Registry:
     def _known(self, data: dict[str, Any]) -> str:
         aliases = [f"{t}@{a}" for t, m in data["aliases"].items() for a in m]
         return (f"known versions: {', '.join(sorted(data['versions'])) or 'none'}; "
-                f"aliases: {', '.join(sorted(aliases)) or 'none'} (registry {self.root})")
+                f"aliases: {', '.join(sorted(aliases)) or 'none'} (registry {self.uri})")
 
     def _unknown(self, data: dict[str, Any], name: str) -> str:
         return f"no model version or alias {name!r}; {self._known(data)}"
@@ -219,7 +330,7 @@ class Registry:
         version = self.resolve(name_or_alias, task)
         if version.task == FUSION_TASK:
             raise RegistryError(f"{version.name} holds fusion settings, not a model: use Registry.load_fusion")
-        model, tokenizer, meta = load_saved_model(version.path, merge=merge, device=device)
+        model, tokenizer, meta = load_saved_model(self.local_path(version), merge=merge, device=device)
         max_length = meta.get("max_length") or version.config.get("max_length") or 64
         loaded = LoadedModel(model=model, tokenizer=tokenizer, version=version, max_length=int(max_length))
         if version.task == "ranker":  # fixed weights: product encodings can be kept between requests
@@ -233,7 +344,7 @@ class Registry:
         version = self.resolve(name_or_alias, FUSION_TASK)
         if version.task != FUSION_TASK:
             raise RegistryError(f"{version.name} is a {version.task} model, not fusion settings (task {FUSION_TASK})")
-        path = Path(version.path) / FUSION_FILE
+        path = self.local_path(version) / FUSION_FILE
         try:
             return FusionSpec.model_validate_json(path.read_text()), version
         except (OSError, ValueError) as exc:
@@ -267,6 +378,16 @@ class LoadedModel:
         from ray_app.models.encoder import encode_texts
 
         return encode_texts(self.model, self.tokenizer, list(texts), batch_size=batch_size, max_length=self.max_length)
+
+
+def version_folder(path: str | Path) -> Path:
+    """A version's folder on this machine from its `ModelVersion.path`: the folder itself, or for a
+    registry on object storage (`s3://.../<task>-v<n>`) the local copy (downloaded once). Train
+    workers on other nodes get the path, not a driver's local folder."""
+    if not is_uri(path):
+        return Path(path)
+    parent, name = str(path).rstrip("/").rsplit("/", 1)
+    return Registry(parent).local_path(name)
 
 
 def resolve(name_or_alias: str, models_dir: Optional[str | Path] = None, task: Optional[str] = None) -> ModelVersion:

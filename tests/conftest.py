@@ -23,6 +23,8 @@ def s3(tmp_path_factory):
 
     server = LocalS3(str(tmp_path_factory.mktemp("s3")), bucket="shop").start()
     os.environ.update(server.env())
+    # local copies of registry versions on s3:// (the session's processes share one, not ~/.cache)
+    os.environ["SHOPSEARCH_MODEL_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
     yield server
     server.stop()
 

@@ -81,11 +81,14 @@ def folder_bytes(path: Path) -> int:
 def build_model(task: str, base_model: str, head_config: dict[str, Any],
                 lora: Optional[LoraSettings] = None, init_from: Optional[str | Path] = None):
     """(model, tokenizer): base encoder by name + head, warm-started from the saved model at
-    `init_from` when given (see `warm_start`), LoRA-wrapped when `lora` is given."""
+    `init_from` when given (a folder, or a version on an object-storage registry: see `warm_start`),
+    LoRA-wrapped when `lora` is given."""
     backbone, tokenizer = load_encoder(base_model)
     model = build_head(task, backbone, head_config)
     if init_from is not None:
-        warm_start(model, init_from, task, base_model)
+        from ray_app.registry import version_folder
+
+        warm_start(model, version_folder(init_from), task, base_model)
     if lora is not None:
         model = apply_lora(model, lora)
     return model, tokenizer

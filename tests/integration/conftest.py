@@ -26,10 +26,12 @@ EXPERIMENT = {"name": "ranker-ab-test", "unit": "user",
 
 @pytest.fixture(scope="session")
 def tiny_shop(tmp_path_factory, s3):
-    """The Serve tests' shop, its LanceDB on the session's S3 server (models and files local)."""
+    """The Serve tests' shop, its LanceDB and its model registry on the session's S3 server (files
+    such as rules and keys local): every replica and job resolves models through the shared registry."""
     from tests.integration.serve_shop import build
 
-    return build(tmp_path_factory.mktemp("serve-shop"), db=f"s3://{s3.bucket}/serve-shop/lancedb")
+    return build(tmp_path_factory.mktemp("serve-shop"), db=f"s3://{s3.bucket}/serve-shop/lancedb",
+                 models_dir=f"s3://{s3.bucket}/serve-shop/models")
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ def fill(store, n: int = 200) -> None:
     store.upsert("events", rows_to_arrow(events, "events"), insert_only=True)
 
 
-def register_tiny(models_dir: Path, task: str, head_config: dict[str, Any], seed: int, alias: str) -> str:
+def register_tiny(models_dir: str | Path, task: str, head_config: dict[str, Any], seed: int, alias: str) -> str:
     """A randomly initialised tiny-bert model of `task` in the registry under `alias`; its version name."""
     import torch
 
@@ -77,14 +77,14 @@ RECOMMENDER_HEAD = {"locales": ["us", "de"], "max_history": 10}
 API_KEY = "test-key-" + "7f3a"  # made up for the tests; real keys come from the environment or a secrets file
 
 
-def build(root: Path, db: Optional[str] = None) -> dict[str, Any]:
-    """The whole tiny shop under `root` (its LanceDB at `db` when given: an s3:// URI, say); the
-    paths and version names the tests need."""
+def build(root: Path, db: Optional[str] = None, models_dir: Optional[str] = None) -> dict[str, Any]:
+    """The whole tiny shop under `root` (its LanceDB at `db` and its registry at `models_dir` when
+    given: s3:// URIs, say); the paths and version names the tests need."""
     from jobs import embed
     from ray_app.store import Store
     from schemas.evaluation import EmbedConfig
 
-    db, models = db or str(root / "lancedb"), root / "models"
+    db, models = db or str(root / "lancedb"), models_dir or str(root / "models")
     store = Store(str(db))
     fill(store)
     embed.run(EmbedConfig(db=str(db), workspace=str(root), model="tiny-bert", batch_size=64, quiet=True))

@@ -4,8 +4,9 @@
 The rest of the chain runs there too: the Serve tests' shop (tests/integration/serve_shop.py) is
 embedded by jobs.embed into `s3://shop/serve-shop/lancedb` and every Serve test, the feedback
 writer and the online refresh loop (labels, snapshot, training, evaluation, recommend) read and
-write it. Here: generate -> ingest (Ray Data writers) -> labels -> snapshot, the Train run with its
-checkpoints on S3, and two ingests committing to the same S3 tables at once."""
+write it, with the model registry on S3 as well. Here: generate -> ingest (Ray Data writers) ->
+labels -> snapshot, the Train run with its checkpoints and its registered version on S3, and two
+ingests committing to the same S3 tables at once. Tune's storage on S3: test_tune.py."""
 from __future__ import annotations
 
 import pyarrow.fs as pafs
@@ -42,16 +43,17 @@ def test_ingest_snapshot_and_train_with_checkpoints_on_s3(ray_session, s3, tmp_p
     store = Store(db)
     assert store.read_snapshot(result.snapshot, "products").num_rows == result.ingest["products"]["accepted"]
 
-    checkpoints = f"s3://{s3.bucket}/chain/ray_results"
+    checkpoints, models = f"s3://{s3.bucket}/chain/ray_results", f"s3://{s3.bucket}/chain/models"
     trained = run_training(TrainConfig(task="intent_entity", snapshot=result.snapshot, db=db, base_model="tiny-bert",
                                        epochs=1, batch_size=16, max_length=16, num_workers=1, storage_path=checkpoints,
-                                       models_dir=str(tmp_path / "models"), workspace=str(tmp_path), quiet=True), store)
+                                       models_dir=models, workspace=str(tmp_path), quiet=True), store)
     assert trained.checkpoint_path.startswith(f"{s3.bucket}/chain/ray_results/") or \
         trained.checkpoint_path.startswith(checkpoints), trained.checkpoint_path
     assert any(p.endswith("model.pt") for p in s3_files(f"{s3.bucket}/chain/ray_results"))
-    version = Registry(tmp_path / "models").get(trained.model_version)
+    version = Registry(models).get(trained.model_version)
+    assert version.path == f"{models}/{trained.model_version}" and not (tmp_path / "models").exists()
     assert version.snapshot == result.snapshot and version.config["storage_path"] == checkpoints
-    assert Registry(tmp_path / "models").load_model(trained.model_version).predict(["sony headphones"])[0]["raw_intent"]
+    assert Registry(models).load_model(trained.model_version).predict(["sony headphones"])[0]["raw_intent"]
 
 
 def test_two_ingests_into_the_same_s3_table_at_once_lose_nothing(ray_session, s3, tmp_path):
