@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ray_app.cli import JobError
 from schemas.tuning import TrialSummary
@@ -94,14 +94,15 @@ def summarize(rec, asha, metric: str, max_epochs: int, base: dict[str, Any]) -> 
     return out
 
 
-def kept_best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+def kept_best_row(rows: list[dict[str, Any]], metric: str,
+                  exists: Callable[[str], bool] = lambda path: Path(path).is_dir()) -> dict[str, Any]:
     """The best epoch whose checkpoint Train kept (highest metric, earliest epoch on ties; a tie may
-    have lost its checkpoint to keep_checkpoints, then the next one is taken)."""
+    have lost its checkpoint to keep_checkpoints, then the next one is taken); `exists` checks a
+    reported checkpoint folder on the search's storage."""
     ranked = sorted((r for r in rows if r.get("checkpoint_path") and isinstance(r.get(metric), (int, float))),
                     key=lambda r: (-r[metric], r.get("training_iteration", 0)))
     for row in ranked:
-        path = str(row["checkpoint_path"])
-        if "://" in path or Path(path).is_dir():
+        if exists(str(row["checkpoint_path"])):
             return row
     raise JobError("the best trial's checkpoints are gone (was the storage cleaned up?)")
 

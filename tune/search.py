@@ -10,7 +10,8 @@ a TorchTrainer (tune/trial.py) that reports every epoch to Tune; ASHA (metric: t
 validation metric, time: epochs) stops weak trials after --grace-period epochs. A trial driver
 holds no CPU (its Train workers reserve theirs), so concurrency is --max-concurrent, lowered to
 what a local Ray's CPUs fit; on a cluster the same code reserves GPUs with --use-gpu.
-Outputs under <storage-path>/<name>/: one folder per trial with TensorBoard event files
+Outputs under <storage-path>/<name>/ (a local folder, or s3:// / gs:// on a cluster: every trial
+writes there wherever it runs): one folder per trial with TensorBoard event files
 (`tensorboard --logdir <storage-path>/<name>`), train/<trial>/ with the Train checkpoints, and
 tune_summary.{md,csv,json} listing every trial. The best trial's best checkpoint is registered
 with trainer.register_checkpoint (jobs.train's code path) and optionally promoted.
@@ -57,6 +58,49 @@ def _concurrency(config: TuneConfig) -> int:
     return max(1, min(config.max_concurrent, fits, config.num_samples))
 
 
+class Storage:
+    """Where one search writes: `<root>/<name>/`, a local folder or an object-store URI. Tune and
+    Train write trials and checkpoints there themselves; the summary is written locally and
+    copied up. Checkpoint paths Train reports are the filesystem's (`bucket/key` on S3)."""
+
+    def __init__(self, root: str, name: str):
+        import pyarrow.fs as pafs
+
+        if "://" in root:
+            self.root = root.rstrip("/")
+            self.fs, base = pafs.FileSystem.from_uri(self.root)
+            self.base = base.rstrip("/")
+        else:  # absolute: trials chdir into their own folders
+            self.root, self.fs = str(Path(root).expanduser().resolve()), None
+        self.name = name
+        self.run_dir = f"{self.root}/{name}"
+        self.train_dir = f"{self.run_dir}/train"
+
+    def exists(self, path: str) -> bool:
+        """A checkpoint folder Train reported (still) exists."""
+        import pyarrow.fs as pafs
+
+        if self.fs is None:
+            return Path(path).is_dir()
+        return self.fs.get_file_info(path.split("://", 1)[-1]).type == pafs.FileType.Directory
+
+    def write_summary(self, write) -> tuple[str, str]:
+        """`write(folder)` -> (table, local file); returns (table, where the summary lives)."""
+        if self.fs is None:
+            table, path = write(Path(self.run_dir))
+            return table, str(path)
+        import tempfile
+
+        import pyarrow.fs as pafs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            table, path = write(Path(tmp))
+            for f in sorted(Path(tmp).iterdir()):
+                pafs.copy_files(str(f), f"{self.base}/{self.name}/{f.name}", source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=self.fs)
+        return table, f"{self.run_dir}/{Path(path).name}"
+
+
 def run(config: TuneConfig) -> TuneResult:
     """Search, summarise every trial, register (and optionally promote) the best checkpoint."""
     import ray
@@ -90,8 +134,8 @@ def run(config: TuneConfig) -> TuneResult:
         init_ray(config.ray_address, config.num_cpus, quiet=config.quiet)
     concurrent = _concurrency(config)
     name = config.run_name or f"{config.task}-{config.snapshot}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    root = Path(config.storage_path).expanduser().resolve()  # absolute: trials chdir into their own folders
-    run_dir, train_dir = root / name, str(root / name / "train")
+    storage = Storage(str(config.storage_path), name)
+    run_dir, train_dir = storage.run_dir, storage.train_dir
     rec, asha = recorder(), recording_asha(config.grace_period, config.reduction_factor, max_t)
     board = StopBoard.remote()  # stopped trials end their Train runs through it (tune/trial.py)
     trainable = tune.with_parameters(run_trial, base=base, data=data, train_storage=train_dir, board=board)
@@ -101,7 +145,7 @@ def run(config: TuneConfig) -> TuneResult:
         tune_config=tune.TuneConfig(
             metric=metric, mode="max", scheduler=asha, num_samples=config.num_samples,
             search_alg=BasicVariantGenerator(max_concurrent=concurrent, random_state=config.seed)),
-        run_config=tune.RunConfig(name=name, storage_path=str(root), callbacks=[TBXLoggerCallback(), rec, StopTrainRuns(board)],
+        run_config=tune.RunConfig(name=name, storage_path=storage.root, callbacks=[TBXLoggerCallback(), rec, StopTrainRuns(board)],
                                   failure_config=tune.FailureConfig(max_failures=0),  # Train retries itself
                                   verbose=0 if config.quiet else 1))
     try:
@@ -110,7 +154,7 @@ def run(config: TuneConfig) -> TuneResult:
         ray.kill(board)
 
     trials = summarize(rec, asha, metric, max_t, base)
-    table, summary_path = write_summary(trials, run_dir, list(specs), metric)
+    table, summary_path = storage.write_summary(lambda folder: write_summary(trials, folder, list(specs), metric))
     print(f"\n{len(trials)} trials ({concurrent} at a time), ASHA stopped "
           f"{sum(t.stopped_early for t in trials)} early:\n{table}")
     result = TuneResult(
@@ -126,10 +170,11 @@ def run(config: TuneConfig) -> TuneResult:
     result.best_trial, result.best_metric, result.best_epoch = best.trial_id, best.metric_best, best.best_epoch
     result.best_config = best.config
     if config.register_best:
-        row = kept_best_row(rec.rows[best.trial_id], metric)
+        row = kept_best_row(rec.rows[best.trial_id], metric, storage.exists)
         trial_cfg = TrainConfig.model_validate({**base, **best.config, "alias": config.promote,
                                                 "storage_path": train_dir, "run_name": best.trial_id})
-        version = register_checkpoint(trial_cfg, data, Checkpoint(row["checkpoint_path"]), model_metrics(row))
+        version = register_checkpoint(trial_cfg, data, Checkpoint(row["checkpoint_path"], filesystem=storage.fs),
+                                      model_metrics(row))
         result.model_version, result.aliases = version.name, version.aliases
     result.wall_seconds = round(time.monotonic() - started, 1)
     return result

@@ -1,11 +1,12 @@
 """Hyperparameter search end to end on a tiny store: 4 trials of tiny BERT under ASHA (2 at a time
 on the session's 2 CPUs), every trial in the summary, TensorBoard event files per trial, the best
-checkpoint registered and promoted, and no placement group left behind by stopped trials."""
+checkpoint registered and promoted, and no placement group left behind by stopped trials. The
+search's storage (trials, TensorBoard logs, checkpoints, summary) is on the session's S3 server,
+as on a cluster; the registry is a local folder."""
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,18 +26,26 @@ def _config(tmp_path, **overrides):
 
 @pytest.mark.integration
 @pytest.mark.model
-def test_asha_search_summarises_every_trial_and_registers_best(ray_session, store, tmp_path):
+def test_asha_search_summarises_every_trial_and_registers_best(ray_session, s3, store, tmp_path):
+    import pyarrow.fs as pafs
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ray_app.registry import Registry
     from tune.search import run
 
     fill_tiny_store(store)
-    result = run(_config(tmp_path))
+    storage = f"s3://{s3.bucket}/tune-test/{tmp_path.name}"
+    result = run(_config(tmp_path, storage_path=storage))
 
-    run_dir = tmp_path / "tune" / "search1"
+    run_dir = f"{storage}/search1"
     assert result.num_trials == 4 and result.statuses == {"TERMINATED": 4}, result
-    assert result.tensorboard_logdir == str(run_dir) and result.metric == "val_score"
+    assert result.tensorboard_logdir == run_dir and result.metric == "val_score"
+    assert result.summary_path == f"{run_dir}/tune_summary.md"
+    assert not (tmp_path / "tune").exists()  # nothing of the search on the local disk
+    fs, base = pafs.FileSystem.from_uri(run_dir)
+    local = tmp_path / "search1"  # the run folder as any node would fetch it
+    pafs.copy_files(base, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    run_dir = local
     trials = json.loads((run_dir / "tune_summary.json").read_text())
     assert len(trials) == 4
     for t in trials:  # ASHA saw per-epoch results: a stopped trial ran fewer epochs than planned
@@ -62,7 +71,7 @@ def test_asha_search_summarises_every_trial_and_registers_best(ray_session, stor
     assert version.name == result.model_version == "intent_entity-v1" and result.aliases == ["candidate"]
     assert version.metrics["val_score"] == result.best_metric and version.config["lr"] == result.best_config["lr"]
     assert version.config["lora_r"] == result.best_config["lora_r"] and version.lora
-    assert Path(version.config["storage_path"]).parent == run_dir  # lineage: the trial's Train run
+    assert version.config["storage_path"] == f"{storage}/search1/train"  # lineage: the trial's Train run
     pred = Registry(tmp_path / "models").load_model("candidate").predict(["black sony headphones"])[0]
     assert pred["raw_intent"] in version.label_spaces["intents"]
 
