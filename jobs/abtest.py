@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
@@ -24,6 +23,7 @@ import pandas as pd
 from ray_app.cli import JobError, main_wrapper
 from ray_app.store import Store, utcnow
 from schemas.abtest import AbtestConfig, AbtestResult
+from schemas.config import join
 
 COLUMNS = ["event_id", "event_type", "user_id", "arm", "request_id", "product_id", "position", "query_id", "timestamp"]
 
@@ -105,9 +105,7 @@ def run(config: AbtestConfig) -> AbtestResult:
                                 config.resamples, alpha=config.alpha)
         estimate.update({"candidate": config.candidate, "logged_arm": arm})
         notes.append(f"{config.candidate}: an offline estimate from {arm}'s logged impressions, not an online result")
-    report_dir = Path(config.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    report = report_dir / f"abtest-{utcnow():%Y%m%d-%H%M%S}.md"
+    report_file = join(str(config.report_dir), f"abtest-{utcnow():%Y%m%d-%H%M%S}.md")
     text = f"# A/B read-out\n\n{len(events):,} events; per user (the randomisation unit)\n\n{markdown(result)}"
     srm = result["sample_ratio"]
     if srm.get("checked"):
@@ -117,13 +115,15 @@ def run(config: AbtestConfig) -> AbtestResult:
                  f"{estimate['assumption']}.\n\nclicks per request: logged {estimate['logged_clicks_per_request']:.4f}, "
                  f"estimated {estimate['estimated_clicks_per_request']:.4f} [{estimate['interval'][0]:.4f}, "
                  f"{estimate['interval'][1]:.4f}] over {estimate['requests']:,} requests\n")
-    report.write_text(text)
+    from ray_app.object_store import write_text
+
+    report = write_text(report_file, text)
     if config.out:
-        Path(config.out).write_text(json.dumps({"read_out": result, "offline_estimate": estimate}, indent=2, default=str))
+        write_text(config.out, json.dumps({"read_out": result, "offline_estimate": estimate}, indent=2, default=str))
     if not config.quiet:
         print(text, file=sys.stderr)
     return AbtestResult(control=result["control"], arms=result["arms"], versus_control=result["versus_control"],
-                        sample_ratio=srm, offline_estimate=estimate, events=len(events), report=str(report), notes=notes)
+                        sample_ratio=srm, offline_estimate=estimate, events=len(events), report=report, notes=notes)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -285,29 +285,34 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         skipped["intent_model"] = "not given (--intent-model NAME)"
     stamp = utcnow()
     stem = f"eval-{stamp:%Y%m%d-%H%M%S}"
-    report_dir = Path(config.report_dir)
-    plots = draw_plots(report_dir, stem, judged_out, full_out, comparisons, config, notes)
-    payload = _clean({"created_at": f"{stamp:%Y-%m-%d %H:%M:%S} UTC", "db": store.uri, "products": len(texts),
-                      "products_version": catalogue.version, "unscored": unscored, "split": config.split,
-                      "dataset": config.dataset,
-                      "snapshot": config.snapshot, "queries": len(queries), "grade_scales": grade_scales(judged),
-                      "k": config.k, "recall_k": config.recall_k,
-                      "judged_list": judged_out, "full_catalogue": full_out, "comparisons": comparisons,
-                      "query_understanding": qu, "intent_model": intent_model, "entity_types": by_type, "plots": plots,
-                      "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
-                      "config": config.model_dump(mode="json")})
-    report_dir.mkdir(parents=True, exist_ok=True)
-    out_path = Path(config.out) if config.out else report_dir / f"{stem}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(payload, indent=2))
-    report_path = report_dir / f"{stem}.md"
-    report_path.write_text(render_report(payload))
+    from ray_app.object_store import Output, write_text
+
+    with Output(config.report_dir) as reports:  # a local folder, or s3:// (written locally, copied up)
+        plots = draw_plots(reports.folder, stem, judged_out, full_out, comparisons, config, notes)
+        payload = _clean({"created_at": f"{stamp:%Y-%m-%d %H:%M:%S} UTC", "db": store.uri, "products": len(texts),
+                          "products_version": catalogue.version, "unscored": unscored, "split": config.split,
+                          "dataset": config.dataset,
+                          "snapshot": config.snapshot, "queries": len(queries), "grade_scales": grade_scales(judged),
+                          "k": config.k, "recall_k": config.recall_k,
+                          "judged_list": judged_out, "full_catalogue": full_out, "comparisons": comparisons,
+                          "query_understanding": qu, "intent_model": intent_model, "entity_types": by_type, "plots": plots,
+                          "systems": {n: s.about for n, s in systems.items()}, "skipped": skipped, "notes": notes,
+                          "config": config.model_dump(mode="json")})
+        if config.out:
+            out_path = write_text(config.out, json.dumps(payload, indent=2))
+        else:
+            out_file = reports.folder / f"{stem}.json"
+            out_file.write_text(json.dumps(payload, indent=2))
+            out_path = reports.uri(out_file)
+        report_file = reports.folder / f"{stem}.md"
+        report_file.write_text(render_report(payload))
+        report_path = reports.uri(report_file)
     return EvaluateResult(queries=len(queries), products=len(texts), products_version=catalogue.version,
                           unscored=unscored, grade_scales=payload["grade_scales"],
                           judged_list=payload["judged_list"], full_catalogue=payload["full_catalogue"],
                           query_understanding=payload["query_understanding"],
                           intent_model=payload["intent_model"].get("version"), skipped=skipped, notes=notes,
-                          report_path=str(report_path), out_path=str(out_path),
+                          report_path=report_path, out_path=out_path,
                           seconds=round(time.perf_counter() - started, 2))
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ray_app.cli import JobError, main_wrapper
 from ray_app.recs.data import item_texts, snapshot_frames
 from ray_app.store import Store, utcnow
+from schemas.config import join
 from schemas.recs import EvaluateRecsConfig, EvaluateRecsResult
 
 
@@ -77,13 +77,13 @@ def run(config: EvaluateRecsConfig) -> EvaluateRecsResult:
                                   auc_negatives=config.auc_negatives)
         results[name] = result
         sections.append(f"## {name} split\n\n{json.dumps(split.protocol, default=str)}\n\n{markdown_table(result)}\n")
-    report_dir = Path(config.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    report = report_dir / f"recs-{utcnow():%Y%m%d-%H%M%S}.md"
+    from ray_app.object_store import write_text
+
     header = f"# Recommendation evaluation\n\nmodel: {loaded.version.name if loaded else 'none'}; snapshot: {config.snapshot or 'live tables'}\n\n"
-    report.write_text(header + "\n".join(sections) + "".join(f"\n- {n}" for n in notes) + "\n")
+    report = write_text(join(str(config.report_dir), f"recs-{utcnow():%Y%m%d-%H%M%S}.md"),
+                        header + "\n".join(sections) + "".join(f"\n- {n}" for n in notes) + "\n")
     if config.out:
-        Path(config.out).write_text(json.dumps(results, indent=2, default=str))
+        write_text(config.out, json.dumps(results, indent=2, default=str))
     k = config.k
     summary = {name: {s: {m: r["systems"][s]["overall"].get(m) for m in (f"ndcg@{k}", f"recall@{k}")}
                       | {"auc": r["systems"][s].get("auc"), "coverage": r["systems"][s].get("coverage"),

@@ -31,9 +31,10 @@ from pydantic import BaseModel
 
 from jobs import generate, ingest, label, snapshot
 from ray_app.cli import JobError, main_wrapper
+from ray_app.object_store import read_text
 from ray_app.runtime import init_ray
 from ray_app.store import utcnow
-from schemas.config import GenerateConfig, IngestConfig, LabelConfig, MainConfig, SnapshotConfig
+from schemas.config import GenerateConfig, IngestConfig, LabelConfig, MainConfig, SnapshotConfig, join
 
 
 class MainResult(BaseModel):
@@ -81,28 +82,28 @@ def stage_settings(config: MainConfig) -> dict[str, Any]:
 def run(config: MainConfig) -> MainResult:
     common = stage_settings(config)
     db = str(config.db)
-    demo = Path(str(config.demo_dir))
+    demo = str(config.demo_dir)  # a local folder, or s3://.../demo with a workspace on object storage
     progress = Progress((17 if config.serve else 14) if config.models else 10)
     init_ray(config.ray_address, config.num_cpus, quiet=True, verbose=config.verbose)
     progress.run("generate synthetic shop", lambda: generate.run(GenerateConfig(
-        workspace=config.workspace, out=str(demo), seed=config.seed, products=config.products, queries=config.queries,
+        workspace=config.workspace, out=demo, seed=config.seed, products=config.products, queries=config.queries,
         users=config.users, events=config.events)))
     ingested = {}
     for table, file in (("products", "products.jsonl"), ("queries", "queries.csv"), ("users", "users.csv"),
                         ("events", "events.parquet"), ("judgments", "judgments.csv")):
         res = progress.run(f"ingest {table}", lambda t=table, f=file: ingest.run(
-            IngestConfig(**common, table=t, path=str(demo / f))))
+            IngestConfig(**common, table=t, path=join(demo, f))))
         t = next((s for s in res.tables if s.table == table), res.tables[0])
         ingested[table] = {k: getattr(t, k) for k in ("read", "accepted", "quarantined", "duplicates")}
         print(f"      read {t.read:,}  accepted {t.accepted:,}  quarantined {t.quarantined:,}  duplicates {t.duplicates:,}"
               f"  -> {table} v{t.version}", file=sys.stderr)
     weak = progress.run("weak labels (rules + behaviour)", lambda: label.run(LabelConfig(**common, action="weak")))
     human = progress.run("import human annotations", lambda: label.run(
-        LabelConfig(**common, action="import", path=str(demo / "human_labels.jsonl"))))
-    gold_file = demo / "gold_test_labels.jsonl"
+        LabelConfig(**common, action="import", path=join(demo, "human_labels.jsonl"))))
+    gold_file = join(demo, "gold_test_labels.jsonl")
     check_held_out(db, gold_file)
     gold = progress.run("import gold labels of the test split", lambda: label.run(
-        LabelConfig(**common, action="import", path=str(gold_file), annotator="gold")))
+        LabelConfig(**common, action="import", path=gold_file, annotator="gold")))
     name = f"demo-{utcnow():%Y%m%d-%H%M%S}"
     snap = progress.run("snapshot + quality report", lambda: snapshot.run(
         SnapshotConfig(**common, name=name, note="main job", report_dir=config.report_dir)))
@@ -204,14 +205,14 @@ def _demo_query(db: str) -> str:
     return texts[0] if texts else "running shoes"
 
 
-def check_held_out(db: str, gold_file: Path) -> int:
+def check_held_out(db: str, gold_file: str) -> int:
     """How many queries the gold file labels, after checking every one is in the store's test split:
     training reads train and validation, so test-only gold labels can never become training data."""
     from ray_app.store import Store
 
     stored = Store(db).read("queries", columns=["query_id", "split"]).to_pylist()
     split = {q["query_id"]: q["split"] for q in stored}
-    named = {json.loads(line)["target_id"] for line in gold_file.read_text(encoding="utf-8").splitlines() if line.strip()}
+    named = {json.loads(line)["target_id"] for line in read_text(gold_file).splitlines() if line.strip()}
     leaking = sorted(q for q in named if split.get(q) != "test")
     if leaking:
         raise JobError(f"{gold_file}: {len(leaking)} of {len(named)} gold-labelled queries are not in the store's test "
@@ -259,7 +260,7 @@ def _models(config: MainConfig, common: dict, snapshot_name: str, progress: Prog
     result.model_version, result.train_metrics = trained.model_version, trained.metrics
     result.evaluation = getattr(evaluated, "query_understanding", {}) or {}
     result.search = {"judged_list": evaluated.judged_list, "full_catalogue": evaluated.full_catalogue}
-    figures = json.loads(Path(evaluated.out_path).read_text()) if evaluated.out_path else {}
+    figures = json.loads(read_text(evaluated.out_path)) if evaluated.out_path else {}
     result.scored_against = (figures.get("intent_model") or {}).get("scored_against") or {}
     result.eval_report = getattr(evaluated, "report_path", None)
     result.seconds = dict(progress.seconds)

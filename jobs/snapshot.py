@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel
@@ -36,13 +35,15 @@ class SnapshotResult(BaseModel):
     snapshots: list[str] = []
 
 
-def write_report(report: dict[str, Any], report_dir: str) -> Path:
-    out = Path(report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"quality-{report['snapshot']}.json").write_text(json.dumps(report, indent=2, default=str))
-    path = out / f"quality-{report['snapshot']}.md"
-    path.write_text(report_markdown(report))
-    return path
+def write_report(report: dict[str, Any], report_dir: str) -> str:
+    """quality-<snapshot>.{json,md} in `report_dir` (a local folder or s3://); the Markdown's place."""
+    from ray_app.object_store import Output
+
+    with Output(report_dir) as out:
+        (out.folder / f"quality-{report['snapshot']}.json").write_text(json.dumps(report, indent=2, default=str))
+        path = out.folder / f"quality-{report['snapshot']}.md"
+        path.write_text(report_markdown(report))
+        return out.uri(path)
 
 
 def run(config: SnapshotConfig) -> SnapshotResult:

@@ -73,11 +73,11 @@ def describe(exc: BaseException) -> str:
 
 def write_log(exc: BaseException, prog: str, workspace: Optional[str] = None) -> Path:
     """Write the full traceback (ANSI stripped) under <workspace>/logs, else the temp folder; return the file."""
-    from schemas.config import default_workspace
+    from schemas.config import logs_dir
 
     name = f"{prog}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{os.getpid()}.log"
     text = strip_ansi("".join(traceback.format_exception(exc)))
-    for folder in (default_workspace(workspace) / "logs", Path(tempfile.gettempdir())):
+    for folder in (logs_dir(workspace), Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / name).write_text(text, encoding="utf-8")

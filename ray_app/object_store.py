@@ -101,3 +101,74 @@ class S3Folder:
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+class Output:
+    """A folder of job outputs (reports, figures) at `dest`, a local folder or a URI (s3://, gs://).
+
+      with Output(config.report_dir) as out:
+          (out.folder / "eval.md").write_text(...)
+          where = out.uri(out.folder / "eval.md")   # what to print: the file's final place
+
+    Locally `folder` is `dest` itself. For a URI it is a temporary folder whose files are copied
+    to `dest` (through pyarrow's filesystem, the same credentials as everything else) when the
+    block ends without an error; a failed job publishes nothing half-written."""
+
+    def __init__(self, dest: str | os.PathLike):
+        self.dest = str(dest)
+        self._tmp = None
+
+    def __enter__(self) -> "Output":
+        if is_uri(self.dest):
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="shopsearch-out-")
+            self.folder = Path(self._tmp.name)
+        else:
+            self.folder = Path(self.dest)
+            self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def uri(self, path: Path) -> str:
+        if self._tmp is None:
+            return str(path)
+        return f"{self.dest.rstrip('/')}/{Path(path).relative_to(self.folder).as_posix()}"
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tmp is None:
+            return
+        try:
+            if exc_type is None:
+                import pyarrow.fs as pafs
+
+                fs, base = pafs.FileSystem.from_uri(self.dest.rstrip("/"))
+                local = pafs.LocalFileSystem()
+                for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+                    pafs.copy_files(str(path), f"{base.rstrip('/')}/{path.relative_to(self.folder).as_posix()}",
+                                    source_filesystem=local, destination_filesystem=fs)
+        finally:
+            self._tmp.cleanup()
+
+
+def write_text(dest: str | os.PathLike, text: str) -> str:
+    """Write one text file at `dest` (a local path or a URI); returns where it is."""
+    dest = str(dest)
+    parent, _, name = dest.rstrip("/").rpartition("/")
+    with Output(parent or ".") as out:
+        path = out.folder / name
+        path.write_text(text)
+        return out.uri(path)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole UTF-8 file from a local path or a URI; FileNotFoundError when there is none."""
+    path = str(path)
+    if not is_uri(path):
+        return Path(path).read_text(encoding="utf-8")
+    import pyarrow.fs as pafs
+
+    fs, inner = pafs.FileSystem.from_uri(path)
+    if fs.get_file_info(inner).type != pafs.FileType.File:
+        raise FileNotFoundError(f"no such file: {path}")
+    with fs.open_input_stream(inner) as f:
+        return f.read().decode("utf-8")

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ray_app.cli import JobError
 from ray_app.object_store import S3Folder, is_uri
-from schemas.config import MODELS_ENV, default_workspace
+from schemas.config import MODELS_ENV, default_workspace, join
 from schemas.fusion import FUSION_FILE, FUSION_TASK, FusionSpec
 from schemas.training import TASKS, ModelVersion
 
@@ -55,9 +55,9 @@ class RegistryError(JobError):
     """Unknown version or alias, or a bad promotion."""
 
 
-def default_models_dir() -> Path:
+def default_models_dir() -> str:
     """$SHOPSEARCH_MODELS, else <workspace>/models (the workspace from $SHOPSEARCH_WORKSPACE or ./workspace)."""
-    return Path(os.environ.get(MODELS_DIR_ENV) or default_workspace() / "models")
+    return os.environ.get(MODELS_DIR_ENV) or join(default_workspace(), "models")
 
 
 def model_cache_dir() -> Path:

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 import lancedb
 import pyarrow as pa
 
-from schemas.config import DB_ENV, default_workspace
+from schemas.config import DB_ENV, default_workspace, join
 from schemas.records import DATA_TABLES, TABLE_KEYS, TABLE_MODELS, Snapshot
 
 DEFAULT_DB_ENV = DB_ENV
@@ -32,7 +32,7 @@ class StoreError(ValueError):
 
 def default_db_uri() -> str:
     """The embedded default store: $SHOPSEARCH_DB, else <workspace>/lancedb (as JobConfig.db resolves it)."""
-    return os.environ.get(DEFAULT_DB_ENV) or str(default_workspace() / "lancedb")
+    return os.environ.get(DEFAULT_DB_ENV) or join(default_workspace(), "lancedb")
 
 
 def utcnow() -> datetime:

@@ -241,9 +241,15 @@ class GenerateResult(BaseModel):
 
 def generate(config: GenerateConfig) -> GenerateResult:
     """Write the shop (OUTPUT_FILES): the exports, every query's gold labels (gold_labels.jsonl), the
-    held-out evaluation set (gold_test_labels.jsonl; judgments.csv: test and validation splits) and human labels."""
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    held-out evaluation set (gold_test_labels.jsonl; judgments.csv: test and validation splits) and human labels.
+    `config.out` is a local folder or a URI (the files are written locally and copied up)."""
+    from ray_app.object_store import Output
+
+    with Output(str(config.out)) as dest:
+        return _write_shop(config, dest.folder).model_copy(update={"out": str(config.out)})
+
+
+def _write_shop(config: GenerateConfig, out: Path) -> GenerateResult:
     vocab = build_vocab(config.seed)
     catalogue = make_catalogue(config.products, config.seed, vocab)
     (out / "products.jsonl").write_text("\n".join(catalogue.lines) + "\n", encoding="utf-8")

@@ -3,11 +3,14 @@ YAML gives a base, flags override it, and pydantic validates the result before a
 
 Every output path derives from one workspace root (`--workspace`, $SHOPSEARCH_WORKSPACE, else
 ./workspace), made absolute when the config is validated: a job started by `ray job submit` runs
-in a temporary working directory, and its driver and workers must agree on where outputs go.
+in a temporary working directory, and its driver and workers must agree on where outputs go. On a
+cluster the root may be an object-store URI (`s3://bucket/shop`): the store, registry, Train
+checkpoints, Tune runs and reports then all live in the bucket.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -27,9 +30,24 @@ def absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-def default_workspace(workspace: Optional[str] = None) -> Path:
-    """The workspace root: `workspace`, else $SHOPSEARCH_WORKSPACE, else ./workspace, absolute."""
-    return Path(absolute(workspace or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE))
+def default_workspace(workspace: Optional[str] = None) -> str:
+    """The workspace root: `workspace`, else $SHOPSEARCH_WORKSPACE, else ./workspace; an absolute
+    local path or a URI (s3://bucket/prefix)."""
+    return absolute(workspace or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE).rstrip("/") or "/"
+
+
+def join(root: str, *parts: str) -> str:
+    """`root/part/...` for a local folder or a URI (Path() would fold `s3://` into `s3:/`)."""
+    if "://" in root:
+        return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(root).joinpath(*parts))
+
+
+def logs_dir(workspace: Optional[str] = None) -> Path:
+    """<workspace>/logs; for a workspace on object storage the machine's temp folder (a traceback
+    is written while a job fails: no upload that could fail too)."""
+    root = default_workspace(workspace)
+    return Path(tempfile.gettempdir()) / "shopsearch-logs" if "://" in root else Path(root) / "logs"
 
 
 def workspace_path(sub: str, description: str, env: Optional[str] = None) -> Any:
@@ -49,7 +67,7 @@ class WorkspaceConfig(BaseModel):
     @model_validator(mode="after")
     def _resolve_paths(self) -> "WorkspaceConfig":
         root = default_workspace(self.workspace)
-        self.workspace = str(root)
+        self.workspace = root
         for name, field in type(self).model_fields.items():
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
             if "workspace" not in extra:
@@ -57,12 +75,12 @@ class WorkspaceConfig(BaseModel):
             value = getattr(self, name)
             if value is None and extra.get("env"):
                 value = os.environ.get(str(extra["env"])) or None
-            setattr(self, name, absolute(value) if value is not None else str(root / str(extra["workspace"])))
+            setattr(self, name, absolute(value) if value is not None else join(root, str(extra["workspace"])))
         return self
 
     def logs_dir(self) -> Path:
         """Where tracebacks of unexpected failures are written."""
-        return Path(str(self.workspace)) / "logs"
+        return logs_dir(str(self.workspace))
 
 
 class JobConfig(WorkspaceConfig):

@@ -216,22 +216,26 @@ def label_studio_records(task: dict[str, Any], ctx: ImportContext) -> list[tuple
 
 
 def load_records(path: str) -> tuple[str, list[tuple[int, Any]]]:
-    """("label_studio" | "common", [(line number, parsed record or error string)])."""
-    p = Path(path)
-    if not p.is_file():
+    """("label_studio" | "common", [(line number, parsed record or error string)]); `path` is a
+    local file or a URI (s3://)."""
+    import io
+
+    from ray_app.object_store import is_uri, read_text
+
+    if not is_uri(path) and not Path(path).is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    suffix = p.suffix.lower()
+    text = read_text(path)
+    suffix = Path(str(path).rsplit("/", 1)[-1]).suffix.lower()
     if suffix == ".csv":
-        with p.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            return "common", [(reader.line_num, row) for row in reader]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        return "common", [(reader.line_num, row) for row in reader]
     if suffix == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(text)
         data = data if isinstance(data, list) else [data]
         kind = "label_studio" if any(isinstance(t, dict) and "data" in t for t in data) else "common"
         return kind, [(i, t) for i, t in enumerate(data, start=1)]
     out = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 out.append((i, json.loads(line)))

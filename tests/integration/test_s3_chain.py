@@ -23,7 +23,7 @@ def s3_files(prefix: str) -> list[str]:
 
 
 @pytest.mark.model
-def test_ingest_snapshot_and_train_with_checkpoints_on_s3(ray_session, s3, tmp_path):
+def test_a_workspace_on_s3_holds_the_store_demo_reports_checkpoints_and_models(ray_session, s3, tmp_path):
     from jobs import main as main_job
     from ray_app.registry import Registry
     from ray_app.store import Store
@@ -31,27 +31,32 @@ def test_ingest_snapshot_and_train_with_checkpoints_on_s3(ray_session, s3, tmp_p
     from schemas.config import MainConfig
     from schemas.training import TrainConfig
 
-    db = f"s3://{s3.bucket}/chain/lancedb"
-    result = main_job.run(MainConfig(workspace=str(tmp_path), db=db, products=200, queries=120, users=30, events=2000,
+    workspace = f"s3://{s3.bucket}/chain"  # one root on the bucket: every output path derives from it
+    db = f"{workspace}/lancedb"
+    result = main_job.run(MainConfig(workspace=workspace, products=200, queries=120, users=30, events=2000,
                                      models=False))
     for table, counts in result.ingest.items():  # nothing lost on the way to S3
         assert counts["read"] == counts["accepted"] + counts["quarantined"] + counts["duplicates"], table
-    assert not (tmp_path / "lancedb").exists()  # the store is the bucket's, not a local folder
+    assert list(tmp_path.iterdir()) == []  # nothing on the local disk: store, demo files, reports are the bucket's
+    demo = s3_files(f"{s3.bucket}/chain/demo")
+    assert any(p.endswith("/products.jsonl") for p in demo) and any(p.endswith("/events.parquet") for p in demo)
+    assert any(p.endswith(f"/quality-{result.snapshot}.md") for p in s3_files(f"{s3.bucket}/chain/reports"))
     objects = s3_files(f"{s3.bucket}/chain/lancedb")
     assert any(p.endswith(".lance") or ".lance/" in p for p in objects), objects[:5]
     assert not any("/_staging/" in p and p.endswith(".lance") for p in objects)  # staging cleaned up
     store = Store(db)
     assert store.read_snapshot(result.snapshot, "products").num_rows == result.ingest["products"]["accepted"]
 
-    checkpoints, models = f"s3://{s3.bucket}/chain/ray_results", f"s3://{s3.bucket}/chain/models"
-    trained = run_training(TrainConfig(task="intent_entity", snapshot=result.snapshot, db=db, base_model="tiny-bert",
-                                       epochs=1, batch_size=16, max_length=16, num_workers=1, storage_path=checkpoints,
-                                       models_dir=models, workspace=str(tmp_path), quiet=True), store)
+    checkpoints, models = f"{workspace}/ray_results", f"{workspace}/models"
+    config = TrainConfig(task="intent_entity", snapshot=result.snapshot, base_model="tiny-bert", epochs=1, batch_size=16,
+                         max_length=16, num_workers=1, workspace=workspace, quiet=True)
+    assert (config.db, config.storage_path, config.models_dir) == (db, checkpoints, models)  # all from the one root
+    trained = run_training(config, store)
     assert trained.checkpoint_path.startswith(f"{s3.bucket}/chain/ray_results/") or \
         trained.checkpoint_path.startswith(checkpoints), trained.checkpoint_path
     assert any(p.endswith("model.pt") for p in s3_files(f"{s3.bucket}/chain/ray_results"))
     version = Registry(models).get(trained.model_version)
-    assert version.path == f"{models}/{trained.model_version}" and not (tmp_path / "models").exists()
+    assert version.path == f"{models}/{trained.model_version}" and list(tmp_path.iterdir()) == []
     assert version.snapshot == result.snapshot and version.config["storage_path"] == checkpoints
     assert Registry(models).load_model(trained.model_version).predict(["sony headphones"])[0]["raw_intent"]
 
@@ -90,3 +95,32 @@ def test_two_ingests_into_the_same_s3_table_at_once_lose_nothing(ray_session, s3
     assert [(r.read, r.accepted, r.quarantined) for _, r in sorted(results.items())] == [(1501, 1500, 1)] * 2
     store = Store(db)
     assert store.count("events") == 3000 and store.count("quarantine") == 2
+
+
+def test_reports_reach_s3_whole_or_not_at_all(s3):
+    """What jobs.evaluate, evaluate_recs, abtest and snapshot write their reports through."""
+    import uuid
+
+    from ray_app.labeling.human_io import load_records
+    from ray_app.object_store import Output, read_text, write_text
+
+    root = f"s3://{s3.bucket}/reports-test/{uuid.uuid4().hex[:8]}"
+    with Output(root) as out:
+        (out.folder / "eval.md").write_text("# figures")
+        (out.folder / "plots").mkdir()
+        (out.folder / "plots" / "a.png").write_bytes(b"\x89PNG")
+        where = out.uri(out.folder / "plots" / "a.png")
+    assert where == f"{root}/plots/a.png"
+    assert sorted(p.rsplit("/", 2)[-2:][-1] for p in s3_files(root.removeprefix("s3://"))) == ["a.png", "eval.md"]
+    assert read_text(f"{root}/eval.md") == "# figures"
+    with pytest.raises(RuntimeError):
+        with Output(f"{root}/failed") as out:
+            (out.folder / "half.md").write_text("half")
+            raise RuntimeError("the job failed")
+    assert s3_files(f"{root.removeprefix('s3://')}/failed") == []  # nothing half-written published
+    labels = write_text(f"{root}/labels.jsonl", '{"task": "intent"}\nnot json\n')
+    assert labels == f"{root}/labels.jsonl"
+    kind, records = load_records(labels)  # jobs.label --action import --path s3://...
+    assert kind == "common" and records[0] == (1, {"task": "intent"}) and records[1][1].startswith("invalid JSON")
+    with pytest.raises(FileNotFoundError):
+        read_text(f"{root}/missing.md")

@@ -77,7 +77,7 @@ def test_store_and_registry_defaults_follow_the_workspace(tmp_path, monkeypatch)
     from ray_app.store import default_db_uri
 
     monkeypatch.setenv("SHOPSEARCH_WORKSPACE", str(tmp_path))
-    assert default_db_uri() == str(tmp_path / "lancedb") and default_models_dir() == tmp_path / "models"
+    assert default_db_uri() == str(tmp_path / "lancedb") and default_models_dir() == str(tmp_path / "models")
 
 
 def test_quiet_by_default_and_verbose_brings_ray_noise_back():
