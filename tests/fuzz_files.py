@@ -116,7 +116,7 @@ def _parquet(kinds: list[str]) -> bytes:
         rows.append({"product_id": None if kind == "empty" else pid, "title": title, "price": price, "description": desc})
     table = pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in HEADER]))
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table, buf, row_group_size=4)  # several row groups: ingest splits Parquet files by them
     return buf.getvalue()
 
 

@@ -1,7 +1,10 @@
 """The Ray Data ingest pipeline for one target table.
 
-plan work units on the driver: JSONL files are cut into line-aligned byte ranges of about
-  `block_rows` lines (every line belongs to exactly one range); other formats are one unit a file
+plan work units on the driver: JSONL and CSV files are cut into line-aligned byte ranges of about
+  `block_rows` lines (one streaming pass counts lines, and quotes for CSV, so every line and every
+  quoted multi-line record belongs to exactly one range, and each range knows its first line's
+  number); Parquet files into runs of row groups; each task reads only its range or row groups.
+  Gzipped files and JSON documents are one unit a file
   -> Ray Data (`from_items` of the units + `map_batches`): parse + clean + validate each unit in
      parallel tasks (row number and raw text kept; each row ok or quarantined with a reason)
   -> write_lance into this run's own staging dataset (parallel Lance writers)
@@ -29,7 +32,8 @@ import ray
 
 from ray_app.ids import stable_id
 from ray_app.ingest.clean import AUTO_KEY, IGNORED_KEY, PRESENT_KEY, CleanContext, Reject, clean_record
-from ray_app.ingest.readers import detect_format, line_range, parse_file, read_bytes
+from ray_app.ingest.readers import (decode_utf8, detect_format, file_size, line_starts, parse_file, parse_parquet_groups,
+                                    read_bytes, read_range)
 from ray_app.ingest.resolve import (dedup_latest, keep_stored_splits, keep_variants, keys_filter, link_returns, merge_partial,
                                     number_repeats)
 from ray_app.ingest.quarantine import PERSONAL_TABLES, reason_kind, redact_personal
@@ -52,7 +56,9 @@ def staging_schema(table: str) -> pa.Schema:
 
 
 def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int) -> list[dict[str, Any]]:
-    """Work units: byte ranges of plain (not gzipped) local JSONL files, whole files otherwise."""
+    """Work units (every key in every unit, as Ray Data's blocks need): `kind` "whole" (a file),
+    "lines" (bytes [start, end) whose first line is `first_line`; CSV ranges also read the header,
+    bytes [0, header_end)) or "row_groups" (Parquet row groups [start, end), first row `first_line`)."""
     from ray_app.ingest.adapters import list_files
 
     files = []
@@ -60,14 +66,57 @@ def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int) 
         listed = list_files(path)
         files += listed if len(listed) == 1 and listed[0] == path else [f for f in listed if known_format(f, forced_format)]
     units = []
+    block_rows = max(1, block_rows)
     for path in files:
         fmt = detect_format(path, forced_format)
-        size = _local_size(path)
-        chunk = max(1, block_rows) * BYTES_PER_ROW_GUESS
-        if fmt == "jsonl" and size is not None and not path.lower().endswith(".gz") and size > chunk:
-            units += [{"path": path, "start": s, "end": min(size, s + chunk)} for s in range(0, size, chunk)]
-        else:
-            units.append({"path": path, "start": 0, "end": -1})
+        whole = {"path": path, "kind": "whole", "start": 0, "end": -1, "first_line": 1, "header_end": 0}
+        if fmt == "parquet":
+            units += _row_group_units(path, block_rows) or [whole]
+            continue
+        size = file_size(path)
+        chunk = block_rows * BYTES_PER_ROW_GUESS
+        if fmt not in ("jsonl", "csv") or size is None or size <= chunk or _gzipped(path):
+            units.append(whole)
+            continue
+        header_end = 0
+        if fmt == "csv":
+            head = read_range(path, 0, min(size, 1 << 20))
+            nl = head.find(b"\n")
+            if nl < 0 or decode_utf8(head[:nl]) is None:  # no header line that every range can share
+                units.append(whole)
+                continue
+            header_end = nl + 1
+        points = line_starts(path, chunk, quotes=fmt == "csv")
+        if fmt == "csv" and len(points) > 1 and points[1][0] == header_end:
+            points.pop(1)  # the header alone is no range
+        ends = [p[0] for p in points[1:]] + [size]
+        units += [{"path": path, "kind": "lines", "start": start, "end": end, "first_line": line, "header_end": header_end}
+                  for (start, line), end in zip(points, ends)]
+    return units
+
+
+def _gzipped(path: str) -> bool:
+    return path.lower().endswith(".gz") or read_range(path, 0, 2) == b"\x1f\x8b"
+
+
+def _row_group_units(path: str, block_rows: int) -> list[dict[str, Any]]:
+    """Runs of whole row groups of about `block_rows` rows (a file that cannot be opened as
+    Parquet: none, so it is read whole and its error lands in quarantine)."""
+    import pyarrow.parquet as pq
+
+    from ray_app.ingest.readers import _open_input
+
+    try:
+        with _open_input(path) as f:
+            meta = pq.ParquetFile(f).metadata
+    except (OSError, pa.ArrowException):
+        return []
+    units, first, rows, row = [], 0, 0, 1
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows >= block_rows or g == meta.num_row_groups - 1:
+            units.append({"path": path, "kind": "row_groups", "start": first, "end": g + 1, "first_line": row, "header_end": 0})
+            first, row, rows = g + 1, row + rows, 0
     return units
 
 
@@ -78,17 +127,6 @@ def known_format(path: str, forced_format: Optional[str] = None) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _local_size(path: str) -> Optional[int]:
-    if "://" in path:
-        return None
-    try:
-        import os
-
-        return os.path.getsize(path)
-    except OSError:
-        return None
 
 
 def _quarantine(meta: dict, raw: str, data: Optional[dict], reason: str, field: str, ctx: CleanContext,
@@ -111,12 +149,19 @@ def _process_units(batch: dict[str, Any], table: str, ctx_kwargs: dict, mapping:
     was derived for this table, not the other table's columns (which may name people)."""
     ctx = CleanContext(table=table, **ctx_kwargs)
     out: list[dict[str, Any]] = []
-    for path, start, end in zip(batch["path"], batch["start"], batch["end"]):
-        payload = read_bytes(str(path))
-        first = 1
-        if int(end) >= 0:
-            payload, first = line_range(payload, int(start), int(end))
-        for raw in parse_file(str(path), payload, forced_format, encoding, first_line=first):
+    for path, kind, start, end, first, header_end in zip(batch["path"], batch["kind"], batch["start"], batch["end"],
+                                                          batch["first_line"], batch["header_end"]):
+        path, start, end, first, header_end = str(path), int(start), int(end), int(first), int(header_end)
+        if kind == "row_groups":
+            rows = parse_parquet_groups(path, start, end, first)
+        elif kind == "lines":
+            payload = read_range(path, start, end)
+            if header_end and start > 0:  # a CSV range: the file's header, then the range
+                payload = read_range(path, 0, header_end).removeprefix(b"\xef\xbb\xbf") + payload
+            rows = parse_file(path, payload, forced_format, encoding, first_line=first)
+        else:
+            rows = parse_file(path, read_bytes(path), forced_format, encoding)
+        for raw in rows:
             meta = {"_source": raw["_source"], "_row": raw["_row"], "_sub": 0}
             if raw["_error"]:
                 if not derived:

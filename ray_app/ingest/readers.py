@@ -156,11 +156,16 @@ def csv_records(texts: list[str], delimiter: str = ",") -> Iterator[tuple[int, i
             yield start, feed.pos, fields, ""
 
 
-def parse_csv(source: str, payload: bytes, delimiter: str = ",", encoding: Optional[str] = None) -> Iterator[dict[str, Any]]:
+def parse_csv(source: str, payload: bytes, delimiter: str = ",", encoding: Optional[str] = None,
+              first_line: int = 1) -> Iterator[dict[str, Any]]:
+    """`first_line` > 1: `payload` is the header line followed by a range of the file whose first
+    line is line `first_line` (rows keep their numbers in the whole file)."""
     lines = _split_lines(payload)
     decoded, _ = _decode_lines(lines, encoding)
     good: list[tuple[int, str]] = []
+    shift = first_line - 2 if first_line > 1 else 0  # line i >= 2 of the payload is line i + shift of the file
     for i, (raw_bytes, text) in enumerate(zip(lines, decoded), start=1):
+        i = i + shift if i > 1 else i
         if text is None:
             try:
                 raw_bytes.decode("utf-8")
@@ -219,7 +224,8 @@ def parse_parquet(source: str, payload: bytes) -> Iterator[dict[str, Any]]:
 
 def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None,
                encoding: Optional[str] = None, first_line: int = 1) -> Iterator[dict[str, Any]]:
-    """Dispatch on the format; gzip is undone first. `first_line` numbers a JSONL byte range."""
+    """Dispatch on the format; gzip is undone first. `first_line` numbers a JSONL byte range (a CSV
+    range: the header line, then the range)."""
     if payload[:2] == b"\x1f\x8b":
         payload = gzip.decompress(payload)
     if first_line == 1 and payload.startswith(b"\xef\xbb\xbf"):
@@ -230,7 +236,8 @@ def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None,
     elif fmt == "json":
         yield from parse_json_document(path, payload, encoding)
     elif fmt == "csv":
-        yield from parse_csv(path, payload, "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ",", encoding)
+        yield from parse_csv(path, payload, "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ",", encoding,
+                             first_line)
     elif fmt == "parquet":
         yield from parse_parquet(path, payload)
     else:
@@ -262,3 +269,102 @@ def line_range(payload: bytes, start: int, end: int) -> tuple[bytes, int]:
         end = len(payload) if nl < 0 else nl + 1
     end = max(start, end)
     return payload[start:end], payload.count(b"\n", 0, start) + 1
+
+
+# -- splitting one file between tasks -------------------------------------------------------
+SCAN_BLOCK = 8 << 20  # bytes the planner reads at a time: its memory stays flat whatever the file size
+
+
+def _open_input(path: str):
+    """A random-access binary file of a local path or a URI."""
+    if "://" not in path:
+        return open(path, "rb")
+    import pyarrow.fs as pafs
+
+    fs, inner = pafs.FileSystem.from_uri(path)
+    return fs.open_input_file(inner)
+
+
+def file_size(path: str) -> Optional[int]:
+    try:
+        if "://" not in path:
+            import os
+
+            return os.path.getsize(path)
+        import pyarrow.fs as pafs
+
+        fs, inner = pafs.FileSystem.from_uri(path)
+        info = fs.get_file_info(inner)
+        return info.size if info.type == pafs.FileType.File else None
+    except (OSError, ValueError):
+        return None
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a local file or a URI, nothing else of the file."""
+    with _open_input(path) as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
+_NOT_QUOTE_OR_NL = bytes(b for b in range(256) if b not in b'"\n')
+
+
+def line_starts(path: str, chunk: int, quotes: bool = False) -> list[tuple[int, int]]:
+    """Where a text file can be cut into ranges of about `chunk` bytes: (byte offset, 1-based line
+    number) of line starts, (0, 1) first. One streaming pass that counts newlines block by block,
+    so no range task reads what comes before its range to number its rows.
+
+    `quotes` (CSV): a line with an odd number of `"` opens a quoted field that runs on (a newline in
+    a value) or is a stray quote; where the record after it starts is then known only by parsing,
+    so nothing after the first such line is cut: cuts before it fall between whole records (every
+    line before it is one record), and the rest of the file is one range."""
+    points = [(0, 1)]
+    target, offset, lines = chunk, 0, 0
+    limit = None  # no cut after this offset (the start of the first line with an odd quote count)
+    carry_q, carry_start = 0, 0  # quotes so far in the line the previous block ended inside, and its start
+    with _open_input(path) as f:
+        while True:
+            block = f.read(SCAN_BLOCK)
+            if not block:
+                break
+            if quotes and limit is None:
+                pieces = block.translate(None, _NOT_QUOTE_OR_NL).split(b"\n")
+                for i, piece in enumerate(pieces[:-1]):
+                    if (len(piece) + (carry_q if i == 0 else 0)) % 2:
+                        nl, k = -1, 0
+                        for k in range(i):  # the start of line i of this block: after its i-th newline
+                            nl = block.find(b"\n", nl + 1)
+                        limit = carry_start if i == 0 else offset + nl + 1
+                        break
+                else:
+                    if len(pieces) > 1:
+                        carry_q, carry_start = len(pieces[-1]), offset + block.rfind(b"\n") + 1
+                    else:
+                        carry_q += len(pieces[-1])
+            pos = max(0, target - offset)
+            seen_l, upto = lines, 0  # newlines up to block[upto]: one linear pass over the block
+            while pos < len(block):
+                nl = block.find(b"\n", pos)
+                if nl < 0 or (limit is not None and offset + nl + 1 > limit):
+                    break
+                seen_l += block.count(b"\n", upto, nl)
+                upto = nl
+                start = offset + nl + 1
+                points.append((start, seen_l + 2))  # the newline at `nl` ends line seen_l + 1
+                target = start + chunk
+                pos = max(nl + 1, target - offset)
+            lines += block.count(b"\n")
+            offset += len(block)
+    if len(points) > 1 and points[-1][0] >= offset:  # a cut at the very end starts no range
+        points.pop()
+    return points
+
+
+def parse_parquet_groups(source: str, first: int, last: int, first_row: int) -> Iterator[dict[str, Any]]:
+    """Rows of row groups [first, last) of a Parquet file, numbered from `first_row`; only those
+    groups are read."""
+    with _open_input(source) as f:
+        table = pq.ParquetFile(f).read_row_groups(list(range(first, last)))
+    for i, row in enumerate(table.to_pylist(), start=first_row):
+        yield raw_row(source, i, "", row)

@@ -1,0 +1,100 @@
+"""Splitting one file between ingest tasks (no Ray): JSONL and CSV byte ranges cut at line starts
+found by one streaming pass (CSV: never inside a quoted field), Parquet runs of row groups. Every
+split must read exactly what the whole file reads: the same rows, row numbers, raw text, errors."""
+from __future__ import annotations
+
+import random
+from datetime import datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ray_app.ingest import readers
+from ray_app.ingest.pipeline import _process_units, plan_units
+from tests.fuzz_files import LIMIT, shop_file
+
+pytestmark = pytest.mark.unit
+NOW = datetime(2026, 12, 1)
+
+
+def _rows(units: list[dict], path: str) -> list[dict]:
+    batch = {k: [u[k] for u in units] for k in units[0]}
+    table = _process_units(batch, "products", {"pseudonym_key": "k", "max_field_chars": LIMIT, "now": NOW}, {},
+                           None, None, None)
+    return sorted(table.to_pylist(), key=lambda r: (r["_row"], r["_sub"]))
+
+
+@settings(max_examples=80, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(f=shop_file(), block_rows=st.integers(1, 3))
+def test_any_split_reads_what_the_whole_file_reads(tmp_path_factory, f, block_rows):
+    path = tmp_path_factory.mktemp("split") / f.name
+    path.write_bytes(f.payload)
+    whole = [{"path": str(path), "kind": "whole", "start": 0, "end": -1, "first_line": 1, "header_end": 0}]
+    units = plan_units([str(path)], None, block_rows)  # ranges of ~400-1200 bytes, row groups of 1-3 rows
+    split, one = _rows(units, str(path)), _rows(whole, str(path))
+    assert split == one
+    if f.name.endswith(".gz") or f.name.endswith(".json"):
+        assert [u["kind"] for u in units] == ["whole"]
+
+
+def test_big_files_are_split_and_each_task_reads_only_its_range(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = ['product_id,title,description'] + [f'p{i},"item {i}, blue","say ""hi"" {i}"' for i in range(300)]
+    csv_path = tmp_path / "products.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    jsonl_path = tmp_path / "products.jsonl"
+    jsonl_path.write_text("".join(f'{{"product_id": "p{i}", "title": "item {i}"}}\n' for i in range(300)))
+    pq_path = tmp_path / "products.parquet"
+    pq.write_table(pa.table({"product_id": [f"p{i}" for i in range(300)], "title": [f"item {i}" for i in range(300)]}),
+                   pq_path, row_group_size=50)
+    read: list[int] = []
+    real = readers.read_range
+    monkeypatch.setattr("ray_app.ingest.pipeline.read_range", lambda p, s, e: read.append(e - s) or real(p, s, e))
+    for path, kinds in ((csv_path, {"lines"}), (jsonl_path, {"lines"}), (pq_path, {"row_groups"})):
+        units = plan_units([str(path)], None, 10)
+        assert len(units) > 2 and {u["kind"] for u in units} == kinds, units
+        read.clear()
+        rows = _rows(units, str(path))
+        assert [r["product_id"] for r in rows] == [f"p{i}" for i in range(300)] and {r["_status"] for r in rows} == {"ok"}
+        assert [r["_row"] for r in rows] == list(range(2 if path == csv_path else 1, 301 + (path == csv_path)))
+        if path != pq_path:  # each range once, and for CSV the header line once per later range
+            header = len(lines[0]) + 1 if path == csv_path else 0
+            assert sum(read) == path.stat().st_size + header * (len(units) - 1)
+    assert rows[7]["title"] == "item 7"
+
+    # a quoted value holding a newline: cut only before it, the rest is one range
+    multi = lines[:201] + ['p200,"two\nlines",x'] + lines[202:]  # lines[0] is the header
+    csv_path.write_text("\n".join(multi) + "\n")
+    units = plan_units([str(csv_path)], None, 10)
+    offset = len("\n".join(multi[:201])) + 1
+    assert len(units) == 2 and all(u["start"] <= offset for u in units) and units[-1]["end"] == csv_path.stat().st_size
+    rows = _rows(units, str(csv_path))
+    assert len(rows) == 300 and {r["_status"] for r in rows} == {"ok"} and rows[200]["title"] == "two lines"  # (whitespace folded by the cleaner)
+
+
+def test_line_starts_cut_at_line_starts_outside_quotes(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "SCAN_BLOCK", 64)  # cuts across the planner's read blocks too
+    rng = random.Random(1)
+    for trial in range(200):
+        parts = []
+        for _ in range(rng.randint(0, 60)):
+            kind = rng.random()
+            parts.append('a,"multi\nline ""q"" field",c' if kind < 0.2 else 'a stray 12" quote,x' if kind < 0.25
+                         else "x" * rng.randint(0, 30))
+        data = ("\n".join(parts) + ("\n" if rng.random() < 0.5 else "")).encode()
+        path = tmp_path / f"f{trial}"
+        path.write_bytes(data)
+        chunk = rng.randint(1, 80)
+        for quotes in (False, True):
+            points = readers.line_starts(str(path), chunk, quotes)
+            assert points[0] == (0, 1)
+            offsets = [o for o, _ in points]
+            assert offsets == sorted(set(offsets)) and all(b - a >= chunk for a, b in zip(offsets[1:], offsets[2:]))
+            for offset, line in points[1:]:
+                assert 0 < offset < len(data) and data[offset - 1:offset] == b"\n"
+                assert data[:offset].count(b"\n") + 1 == line
+                if quotes:  # every line before a cut is balanced: each is one whole record
+                    assert all(line.count(b'"') % 2 == 0 for line in data[:offset].split(b"\n"))
