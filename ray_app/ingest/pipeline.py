@@ -203,7 +203,9 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
                         fn_kwargs={"table": table, "ctx_kwargs": ctx_kwargs, "mapping": mapping or {},
                                    "transform": transform, "forced_format": forced_format, "encoding": encoding,
                                    "derived": derived})
-    ds.write_lance(staging, schema=staging_schema(table), storage_options=store.storage_options)
+    # one staging fragment per work unit: with write_lance's default (1M rows a file) Ray Data
+    # bundles every unit into one fused parse+write task, and the whole file is parsed serially
+    ds.write_lance(staging, schema=staging_schema(table), storage_options=store.storage_options, min_rows_per_file=1)
     import lance
 
     try:

@@ -16,6 +16,7 @@ import json
 from collections import Counter
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -70,12 +71,18 @@ def merge_partial(table: str, rows: pa.Table, key: str, read_stored: Callable[[l
     partial = [i for i, p in enumerate(present) if not set(columns) <= set(p) | derived]
     if not partial:
         return rows, []
-    keys = [rows.column(key)[i].as_py() for i in partial]
-    stored = {r[key]: r for r in read_stored(keys).to_pylist()}
-    records = rows.to_pylist()
+    all_keys = rows.column(key).to_pylist()
+    stored = {r[key]: r for r in read_stored([all_keys[i] for i in partial]).to_pylist()}
+    required = PARTIAL_TABLES[table]
+    # only rows to complete (stored) or to reject (a new key lacking a required column) change:
+    # the rest stay in Arrow, so a first load of a feed without optional columns costs nothing here
+    touch = [i for i in partial if all_keys[i] in stored or any(c not in set(present[i]) | derived for c in required)]
+    if not touch:
+        return rows, []
+    records = dict(zip(touch, rows.take(np.array(touch, dtype=np.int64)).to_pylist()))
     rejected: list[tuple[dict[str, Any], str, str]] = []
     drop: set[int] = set()
-    for i in partial:
+    for i in touch:
         rec, have = records[i], set(present[i]) | derived
         old = stored.get(rec[key])
         if old is None:
@@ -90,8 +97,10 @@ def merge_partial(table: str, rows: pa.Table, key: str, read_stored: Callable[[l
                 rec[col] = old[col]
         if table == "products":
             rec["missing_fields"] = product_missing_fields(rec)
-    kept = [r for i, r in enumerate(records) if i not in drop]
-    return pa.Table.from_pylist(kept, schema=rows.schema), rejected
+    changed = [i for i in touch if i not in drop]
+    untouched = sorted(set(range(rows.num_rows)) - set(touch))
+    merged = pa.concat_tables([rows.take(np.array(untouched, dtype=np.int64)), pa.Table.from_pylist([records[i] for i in changed], schema=rows.schema)])
+    return merged.take(np.argsort(np.array(untouched + changed, dtype=np.int64), kind="stable")), rejected  # input order
 
 
 def keys_filter(key: str, values: list[str]) -> str:
