@@ -1,34 +1,41 @@
-"""Ingest throughput: the Ray Data pipeline vs a plain single-process pandas + LanceDB loop.
+"""Ingest throughput and memory: the Ray Data pipeline vs a plain single-process pandas + LanceDB loop.
 
-Both paths do the same work on the same generated rows (200k+ product rows in JSONL shards, with
-HTML descriptions, price strings and ~1% bad rows): parse, clean + validate every row with the
-same `clean_record`, de-duplicate by key (latest wins), one merge_insert into LanceDB, quarantine
-rows kept. The Ray path runs with 1 and then 2 CPUs. Each configuration is repeated and the
-median rows/s reported; figures go to benchmarks/results/ingest.json.
+Both paths do the same work on the same generated product rows (HTML descriptions, price strings,
+~1% bad rows, ~2% repeated ids), from ONE file per format (JSONL, CSV, Parquet), so the pipeline
+has to split the file itself (byte ranges at line starts, Parquet row groups): parse, clean +
+validate every row with the same `clean_record`, de-duplicate by key (latest wins), one
+merge_insert into LanceDB, quarantine rows kept. The Ray path runs with each of --cpus. Every
+configuration is repeated, the median rows/s reported, with the peak resident memory of the driver
+and of the driver plus Ray's worker processes (sampled every 0.2 s), so memory can be read against
+rows. Figures go to benchmarks/results/ingest.json.
 
-  python -m benchmarks.ingest [--rows 200000] [--shards 8] [--repeats 3]
+  python -m benchmarks.ingest [--rows 100000,400000] [--formats jsonl,csv,parquet] [--cpus 1,2] [--repeats 2]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import load_avg, write_results  # noqa: E402
 
 from ray_app.ingest.clean import CleanContext, Reject, clean_record  # noqa: E402
 from ray_app.ingest.pipeline import ingest_table  # noqa: E402
@@ -36,97 +43,161 @@ from ray_app.runtime import init_ray  # noqa: E402
 from ray_app.store import Store, rows_to_arrow  # noqa: E402
 
 WORDS = "red blue black light soft cotton wool leather running trail winter summer classic pro max mini ultra".split()
+COLUMNS = ["product_id", "title", "brand", "description", "category_path", "price", "rating", "stock", "attributes"]
 
 
-def make_shards(folder: Path, rows: int, shards: int, seed: int = 0) -> None:
+def make_rows(rows: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    per = rows // shards
-    for s in range(shards):
-        lines = []
-        for i in range(s * per, (s + 1) * per):
-            words = " ".join(rng.choice(WORDS, 4))
-            row = {"product_id": f"P{i:07d}", "title": f"Brand{i % 97} {words}", "brand": f"Brand{i % 97}",
-                   "description": f"<p>{words} &amp; more</p><ul><li>{words}</li></ul>",
-                   "category_path": f"Dept{i % 7} > Cat{i % 31}", "price": f"${rng.uniform(1, 900):,.2f}",
-                   "rating": round(float(rng.uniform(1, 5)), 1), "stock": int(rng.integers(0, 50)),
-                   "attributes": {"colour": str(rng.choice(WORDS[:3])), "size": str(int(rng.integers(1, 14)))}}
-            if i % 100 == 0:
-                row["price"] = "call us"  # 1% bad rows -> quarantine
-            lines.append(json.dumps(row))
-        (folder / f"products-{s:03d}.jsonl").write_text("\n".join(lines) + "\n")
+    words = np.array(WORDS)[rng.integers(0, len(WORDS), size=(rows, 4))]
+    text = [" ".join(w) for w in words]
+    ids = np.arange(rows)
+    ids[rng.random(rows) < 0.02] //= 2  # ~2% repeat an earlier id: de-duplication has work
+    prices = [f"${p:,.2f}" for p in rng.uniform(1, 900, rows)]
+    for i in range(0, rows, 100):
+        prices[i] = "call us"  # 1% bad rows -> quarantine
+    colours, sizes = np.array(WORDS[:3])[rng.integers(0, 3, rows)], rng.integers(1, 14, rows)
+    return pd.DataFrame({
+        "product_id": [f"P{i:08d}" for i in ids], "title": [f"Brand{i % 97} {t}" for i, t in zip(ids, text)],
+        "brand": [f"Brand{i % 97}" for i in ids],
+        "description": [f"<p>{t} &amp; more</p><ul><li>{t}</li></ul>" for t in text],
+        "category_path": [f"Dept{i % 7} > Cat{i % 31}" for i in ids], "price": prices,
+        "rating": np.round(rng.uniform(1, 5, rows), 1), "stock": rng.integers(0, 50, rows),
+        "attributes": [json.dumps({"colour": c, "size": str(s)}) for c, s in zip(colours, sizes)]})
 
 
-def pandas_baseline(folder: Path, db: str) -> int:
+def write_file(frame: pd.DataFrame, folder: Path, fmt: str) -> Path:
+    path = folder / f"products.{fmt}"
+    if fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=20_000)
+    return path
+
+
+def read_pandas(path: Path) -> pd.DataFrame:
+    if path.suffix == ".jsonl":
+        return pd.read_json(path, lines=True, dtype=False)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_parquet(path)
+
+
+def pandas_baseline(path: Path, db: str) -> int:
     """Single process: pandas reads, the same clean_record per row, pandas dedup, one merge_insert."""
     ctx = CleanContext(table="products", pseudonym_key="bench")
     store = Store(db)
     ok, bad = [], []
-    for path in sorted(folder.glob("*.jsonl")):
-        frame = pd.read_json(path, lines=True, dtype=False)
-        for n, rec in enumerate(frame.to_dict("records"), start=1):
-            try:
-                ok.append({**clean_record(rec, ctx), "_src": path.name, "_row": n})
-            except Reject as exc:
-                bad.append({"quarantine_id": f"{path.name}:{n}", "table": "products", "source": str(path), "row_number": n,
-                            "raw": json.dumps(rec, default=str), "reason": exc.reason, "field": exc.field, "run_id": "pandas",
-                            "created_at": ctx.now})
-    accepted = pd.DataFrame(ok).drop_duplicates("product_id", keep="last").drop(columns=["_src", "_row"])
-    table = pa.Table.from_pandas(accepted, preserve_index=False)
-    store.upsert("products", table)
+    frame = read_pandas(path)
+    for n, rec in enumerate(frame.to_dict("records"), start=1):
+        try:
+            ok.append({**clean_record(rec, ctx), "_row": n})
+        except Reject as exc:
+            bad.append({"quarantine_id": f"{path.name}:{n}", "table": "products", "source": str(path), "row_number": n,
+                        "raw": json.dumps(rec, default=str), "reason": exc.reason, "field": exc.field, "run_id": "pandas",
+                        "created_at": ctx.now})
+    accepted = pd.DataFrame(ok).drop_duplicates("product_id", keep="last").drop(columns=["_row"])
+    store.upsert("products", pa.Table.from_pandas(accepted, preserve_index=False))
     if bad:
         store.upsert("quarantine", rows_to_arrow(bad, "quarantine"))
     return len(ok) + len(bad)
 
 
-def ray_path(folder: Path, db: str) -> int:
-    stats = ingest_table(Store(db), "products", [str(folder)], {"pseudonym_key": "bench"})
-    return stats.read
+def ray_path(path: Path, db: str) -> int:
+    return ingest_table(Store(db), "products", [str(path)], {"pseudonym_key": "bench"}).read
 
 
-def timed(fn, folder: Path, work: Path, repeats: int) -> list[float]:
-    times = []
+class PeakMemory:
+    """Peak RSS of this process, and of it plus Ray's worker processes (`ray::...`), sampled."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.driver, self.total = interval, 0, 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            driver = me.memory_info().rss
+            workers = 0
+            for p in psutil.process_iter(["name"]):
+                try:
+                    if (p.info["name"] or "").startswith("ray::"):
+                        workers += p.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            self.driver, self.total = max(self.driver, driver), max(self.total, driver + workers)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed(fn, path: Path, work: Path, repeats: int) -> dict:
+    seconds, driver, total, n = [], [], [], 0
     for r in range(repeats):
         db = work / f"db-{fn.__name__}-{r}"
-        start = time.perf_counter()
-        n = fn(folder, str(db))
-        times.append(time.perf_counter() - start)
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            n = fn(path, str(db))
+            seconds.append(time.perf_counter() - start)
+        driver.append(mem.driver)
+        total.append(mem.total)
         shutil.rmtree(db, ignore_errors=True)
-    return times, n
+    median = statistics.median(seconds)
+    return {"rows": n, "seconds": [round(s, 2) for s in seconds], "median_seconds": round(median, 2),
+            "rows_per_second": round(n / median), "peak_rss_mb_driver": round(max(driver) / 2**20),
+            "peak_rss_mb_driver_and_workers": round(max(total) / 2**20)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", default="100000,400000", help="comma-separated row counts")
+    parser.add_argument("--formats", default="jsonl,csv,parquet")
+    parser.add_argument("--cpus", default="1,2", help="comma-separated num_cpus of the local Ray")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ingest.json"))
     args = parser.parse_args()
+    sizes, formats = [int(r) for r in args.rows.split(",")], args.formats.split(",")
+    cpus = [int(c) for c in args.cpus.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    data = work / "input"
-    data.mkdir()
-    make_shards(data, args.rows, args.shards)
-    results = {}
-    times, n = timed(pandas_baseline, data, work, args.repeats)
-    results["pandas_single_process"] = {"rows": n, "seconds": times}
-    for cpus in (1, 2):
-        init_ray(num_cpus=cpus, quiet=True)
-        ray_path(data, str(work / "warmup"))  # worker start-up is not ingest throughput
-        times, n = timed(ray_path, data, work, args.repeats)
-        results[f"ray_data_{cpus}cpu"] = {"rows": n, "seconds": times}
+    files = {}
+    for rows in sizes:
+        frame = make_rows(rows)
+        for fmt in formats:
+            folder = work / f"in-{rows}-{fmt}"
+            folder.mkdir()
+            files[(rows, fmt)] = write_file(frame, folder, fmt)
+    results: dict[str, dict] = {}
+    load_before = load_avg()
+    for (rows, fmt), path in files.items():
+        results.setdefault(f"{fmt}-{rows}", {})["pandas_single_process"] = timed(pandas_baseline, path, work, args.repeats)
+    for c in cpus:
+        init_ray(num_cpus=c, quiet=True)
+        ray_path(files[(sizes[0], formats[0])], str(work / "warmup"))  # worker start-up is not ingest throughput
+        for (rows, fmt), path in files.items():
+            results[f"{fmt}-{rows}"][f"ray_data_{c}cpu"] = timed(ray_path, path, work, args.repeats)
         ray.shutdown()
-    for r in results.values():
-        r["median_seconds"] = round(statistics.median(r["seconds"]), 3)
-        r["rows_per_second"] = round(r["rows"] / r["median_seconds"])
-        r["seconds"] = [round(t, 3) for t in r["seconds"]]
-    base = results["pandas_single_process"]["rows_per_second"]
+    ratios = {}
+    for key, r in results.items():
+        base = r["pandas_single_process"]["rows_per_second"]
+        ratios[key] = {f"{name}_vs_pandas": round(v["rows_per_second"] / base, 2) for name, v in r.items() if name != "pandas_single_process"}
     summary = {
-        "benchmark": "ingest", "rows": args.rows, "shards": args.shards, "repeats": args.repeats,
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-        "results": results,
-        "ratios": {"ray_1cpu_vs_pandas": round(results["ray_data_1cpu"]["rows_per_second"] / base, 2),
-                   "ray_2cpu_vs_pandas": round(results["ray_data_2cpu"]["rows_per_second"] / base, 2),
-                   "ray_2cpu_vs_1cpu": round(results["ray_data_2cpu"]["rows_per_second"] / results["ray_data_1cpu"]["rows_per_second"], 2)},
-    }
+        "benchmark": "ingest", "rows": sizes, "formats": formats, "repeats": args.repeats,
+        "file_bytes": {f"{fmt}-{rows}": p.stat().st_size for (rows, fmt), p in files.items()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_before": load_before,
+                    "load_avg_after": load_avg()},
+        "results": results, "ratios": ratios,
+        "notes": ["one input file per format: the Ray path splits it (JSONL/CSV byte ranges at line starts, Parquet "
+                  "row groups of 20k rows); the pandas path reads it whole",
+                  "peak_rss_mb_driver_and_workers adds every `ray::` process (idle pooled workers included), "
+                  "not the raylet or GCS"]}
     write_results(args.out, summary)
     shutil.rmtree(work, ignore_errors=True)
 
