@@ -156,50 +156,65 @@ def timed(fn, path: Path, work: Path, repeats: int) -> dict:
             "peak_rss_mb_driver_and_workers": round(max(total) / 2**20)}
 
 
+def run_one(config: str, rows: int, fmt: str, repeats: int) -> dict:
+    """One configuration in this (fresh) process: its file, a warm-up, the timed repeats. Each runs
+    in a process of its own so that peak memory is that configuration's alone."""
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        folder = work / "input"
+        folder.mkdir()
+        path = write_file(make_rows(rows), folder, fmt)
+        if config == "pandas_single_process":
+            return timed(pandas_baseline, path, work, repeats)
+        init_ray(num_cpus=int(config.removeprefix("ray_data_").removesuffix("cpu")), quiet=True)
+        warm = work / "warm"
+        warm.mkdir()
+        ray_path(write_file(make_rows(2_000, seed=1), warm, fmt), str(work / "warmup"))  # worker start-up is not throughput
+        return timed(ray_path, path, work, repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
+    import subprocess
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="100000,400000", help="comma-separated row counts")
     parser.add_argument("--formats", default="jsonl,csv,parquet")
     parser.add_argument("--cpus", default="1,2", help="comma-separated num_cpus of the local Ray")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--one", nargs=3, metavar=("CONFIG", "ROWS", "FORMAT"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ingest.json"))
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.one[2], args.repeats)))
+        return
     sizes, formats = [int(r) for r in args.rows.split(",")], args.formats.split(",")
-    cpus = [int(c) for c in args.cpus.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    files = {}
-    for rows in sizes:
-        frame = make_rows(rows)
-        for fmt in formats:
-            folder = work / f"in-{rows}-{fmt}"
-            folder.mkdir()
-            files[(rows, fmt)] = write_file(frame, folder, fmt)
+    configs = ["pandas_single_process"] + [f"ray_data_{c}cpu" for c in args.cpus.split(",")]
     results: dict[str, dict] = {}
     load_before = load_avg()
-    for (rows, fmt), path in files.items():
-        results.setdefault(f"{fmt}-{rows}", {})["pandas_single_process"] = timed(pandas_baseline, path, work, args.repeats)
-    for c in cpus:
-        init_ray(num_cpus=c, quiet=True)
-        ray_path(files[(sizes[0], formats[0])], str(work / "warmup"))  # worker start-up is not ingest throughput
-        for (rows, fmt), path in files.items():
-            results[f"{fmt}-{rows}"][f"ray_data_{c}cpu"] = timed(ray_path, path, work, args.repeats)
-        ray.shutdown()
+    for rows in sizes:
+        for fmt in formats:
+            for config in configs:
+                out = subprocess.run([sys.executable, "-m", "benchmarks.ingest", "--one", config, str(rows), fmt,
+                                      "--repeats", str(args.repeats)], cwd=ROOT, capture_output=True, text=True, check=True)
+                results.setdefault(f"{fmt}-{rows}", {})[config] = json.loads(out.stdout.strip().splitlines()[-1])
+                print(fmt, rows, config, results[f"{fmt}-{rows}"][config]["median_seconds"], file=sys.stderr, flush=True)
     ratios = {}
     for key, r in results.items():
         base = r["pandas_single_process"]["rows_per_second"]
         ratios[key] = {f"{name}_vs_pandas": round(v["rows_per_second"] / base, 2) for name, v in r.items() if name != "pandas_single_process"}
     summary = {
         "benchmark": "ingest", "rows": sizes, "formats": formats, "repeats": args.repeats,
-        "file_bytes": {f"{fmt}-{rows}": p.stat().st_size for (rows, fmt), p in files.items()},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_before": load_before,
                     "load_avg_after": load_avg()},
         "results": results, "ratios": ratios,
         "notes": ["one input file per format: the Ray path splits it (JSONL/CSV byte ranges at line starts, Parquet "
                   "row groups of 20k rows); the pandas path reads it whole",
-                  "peak_rss_mb_driver_and_workers adds every `ray::` process (idle pooled workers included), "
-                  "not the raylet or GCS"]}
+                  "each configuration runs in a fresh process (its file generated there, then a warm-up ingest), so "
+                  "its peak memory is its own; peak_rss_mb_driver_and_workers adds every `ray::` process (idle "
+                  "pooled workers included), not the raylet or GCS"]}
     write_results(args.out, summary)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
