@@ -1,7 +1,7 @@
 """`serve deploy serve/config.yaml` against a `ray start --head` cluster of its own, as the README
-documents it: the workspace comes from the cluster's $SHOPSEARCH_WORKSPACE (the tiny shop), the
-app is built inside the cluster, answers search, suggest and understand, and `serve shutdown`
-removes it. The cluster uses free ports and its own temp dir, so the session's Ray (or anyone
+documents it: the workspace comes from the cluster's $SHOPSEARCH_WORKSPACE (the tiny shop; its
+store and registry on the session's S3 server), the app is built inside the cluster, answers
+search, suggest and understand, and `serve shutdown` removes it. The cluster uses free ports and its own temp dir, so the session's Ray (or anyone
 else's on this machine) is never touched; it is stopped through its own `ray start --block`
 process, never `ray stop` (which stops every Ray on the machine)."""
 from __future__ import annotations
@@ -118,6 +118,7 @@ def cluster(tiny_shop) -> Iterator[dict[str, Any]]:
     token = secrets.token_hex(32)
     env = {**os.environ, "SHOPSEARCH_WORKSPACE": str(Path(tiny_shop["root"]).resolve()),
            "SHOPSEARCH_DB": tiny_shop["db"],  # the shop's LanceDB on the session's S3 server (AWS_* inherited)
+           "SHOPSEARCH_MODELS": tiny_shop["models_dir"],  # and its model registry there too
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(name, None)
