@@ -68,11 +68,9 @@ class Storage:
 
         if "://" in root:
             self.root = root.rstrip("/")
-            self.fs, base = pafs.FileSystem.from_uri(self.root)
-            self.base = base.rstrip("/")
+            self.fs = pafs.FileSystem.from_uri(self.root)[0]
         else:  # absolute: trials chdir into their own folders
             self.root, self.fs = str(Path(root).expanduser().resolve()), None
-        self.name = name
         self.run_dir = f"{self.root}/{name}"
         self.train_dir = f"{self.run_dir}/train"
 
@@ -86,19 +84,11 @@ class Storage:
 
     def write_summary(self, write) -> tuple[str, str]:
         """`write(folder)` -> (table, local file); returns (table, where the summary lives)."""
-        if self.fs is None:
-            table, path = write(Path(self.run_dir))
-            return table, str(path)
-        import tempfile
+        from ray_app.object_store import Output
 
-        import pyarrow.fs as pafs
-
-        with tempfile.TemporaryDirectory() as tmp:
-            table, path = write(Path(tmp))
-            for f in sorted(Path(tmp).iterdir()):
-                pafs.copy_files(str(f), f"{self.base}/{self.name}/{f.name}", source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.fs)
-        return table, f"{self.run_dir}/{Path(path).name}"
+        with Output(self.run_dir) as out:  # on object storage: written locally, copied up
+            table, path = write(out.folder)
+            return table, out.uri(path)
 
 
 def run(config: TuneConfig) -> TuneResult:

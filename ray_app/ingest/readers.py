@@ -246,13 +246,7 @@ def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None,
 
 def read_bytes(path: str) -> bytes:
     """Whole file from a local path or any URI pyarrow's filesystems understand (s3://, gs://)."""
-    if "://" not in path:
-        with open(path, "rb") as f:
-            return f.read()
-    import pyarrow.fs as pafs
-
-    fs, inner = pafs.FileSystem.from_uri(path)
-    with fs.open_input_stream(inner) as f:
+    with _open_input(path) as f:
         return f.read()
 
 
@@ -332,8 +326,8 @@ def line_starts(path: str, chunk: int, quotes: bool = False) -> list[tuple[int, 
                 pieces = block.translate(None, _NOT_QUOTE_OR_NL).split(b"\n")
                 for i, piece in enumerate(pieces[:-1]):
                     if (len(piece) + (carry_q if i == 0 else 0)) % 2:
-                        nl, k = -1, 0
-                        for k in range(i):  # the start of line i of this block: after its i-th newline
+                        nl = -1
+                        for _ in range(i):  # the start of line i of this block: after its i-th newline
                             nl = block.find(b"\n", nl + 1)
                         limit = carry_start if i == 0 else offset + nl + 1
                         break
