@@ -119,7 +119,7 @@ def run(config: IngestConfig) -> IngestResult:
         try:
             stats = ingest_table(store, src.table, src.paths, ctx, mapping=src.mapping or config.map,
                                  transform=src.transform, forced_format=config.format, block_rows=config.block_rows,
-                                 source_label=config.path, encoding=config.encoding, derived=src.derived)
+                                 resolve_rows=config.resolve_rows, source_label=config.path, encoding=config.encoding, derived=src.derived)
         except Exception as exc:  # Ray wraps worker errors; name the table and the root cause, not a traceback
             if not is_expected(exc):
                 raise  # a bug: main_wrapper writes its traceback to a log file

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import lancedb
 import pyarrow as pa
@@ -68,6 +68,12 @@ def rows_to_arrow(rows: Iterable[dict[str, Any]], table: str) -> pa.Table:
     return pa.Table.from_pylist(dumped, schema=schema_of(table))
 
 
+def _conformed(batches: Iterable[pa.RecordBatch], table: str) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        if batch.num_rows:
+            yield from conform(pa.Table.from_batches([batch]), table).to_batches()
+
+
 @dataclass
 class WriteStats:
     """What one write did to a table."""
@@ -116,22 +122,28 @@ class Store:
             return tbl
         return self.db.create_table(name, schema=schema, exist_ok=True)
 
-    def upsert(self, name: str, data: pa.Table, insert_only: bool = False) -> WriteStats:
+    def upsert(self, name: str, data: Union[pa.Table, Callable[[], Iterable[pa.RecordBatch]]],
+               insert_only: bool = False) -> WriteStats:
         """Insert new keys and overwrite existing ones (latest wins), in one commit.
+
+        `data` is a table, or a function returning record batches (a scan of a staging dataset):
+        those stream into the commit, so the caller never holds them all; the function is called
+        again if the commit is retried.
 
         `insert_only` keeps existing rows untouched: the ingest uses it for immutable rows
         (events, quarantine), so a re-run neither adds nor rewrites them. Source keys must be
         unique: callers de-duplicate first, so the ambiguity never reaches LanceDB. A commit that
         conflicts with another writer's (two ingests at once both write `quarantine`) is retried.
         """
-        data = conform(data, name)
+        table = conform(data, name) if isinstance(data, pa.Table) else None
         for attempt in range(COMMIT_RETRIES):
             tbl = self.table(name)
             builder = tbl.merge_insert(TABLE_KEYS[name])
             if not insert_only:
                 builder = builder.when_matched_update_all()
+            source = table if table is not None else pa.RecordBatchReader.from_batches(schema_of(name), _conformed(data(), name))
             try:
-                result = builder.when_not_matched_insert_all().execute(data)
+                result = builder.when_not_matched_insert_all().execute(source)
             except (RuntimeError, OSError, ValueError) as exc:
                 if "onflict" not in str(exc) or attempt == COMMIT_RETRIES - 1:
                     raise

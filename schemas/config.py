@@ -120,6 +120,8 @@ class IngestConfig(JobConfig):
     max_field_chars: int = Field(100_000, ge=100, description="text fields longer than this are quarantined")
     split: Optional[str] = Field(None, description="force the split of ingested queries/judgments (train/validation/test)")
     block_rows: int = Field(20_000, ge=100, description="rows per Ray Data block when cleaning")
+    resolve_rows: int = Field(250_000, ge=100, description="a feed with more accepted rows than this is de-duplicated and "
+                              "merged in Ray tasks of about this many rows each (by a hash of the key), not on the driver")
     grades: Optional[GradeScale] = Field(None, description="scale of the judgments' grades: esci (E=3,S=2,C=1,I=0), "
                                          "numeric:MIN-MAX (gain = grade, fractions allowed, e.g. numeric:0-3) or "
                                          "NAME=GAIN,... (e.g. perfect=3,good=2,bad=0); default: the grades of the store's taxonomy, else esci")

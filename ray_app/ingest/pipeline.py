@@ -23,7 +23,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,8 +34,8 @@ from ray_app.ids import stable_id
 from ray_app.ingest.clean import AUTO_KEY, IGNORED_KEY, PRESENT_KEY, CleanContext, Reject, clean_record
 from ray_app.ingest.readers import (decode_utf8, detect_format, file_size, line_starts, parse_file, parse_parquet_groups,
                                     read_bytes, read_range)
-from ray_app.ingest.resolve import (dedup_latest, keep_stored_splits, keep_variants, keys_filter, link_returns, merge_partial,
-                                    number_repeats)
+from ray_app.ingest.buckets import resolve_bucketed, with_bucket
+from ray_app.ingest.resolve import QUARANTINE_COLUMNS, resolve
 from ray_app.ingest.quarantine import PERSONAL_TABLES, reason_kind, redact_personal
 from ray_app.store import Store, rows_to_arrow, schema_of, utcnow
 from schemas.ingest import TableIngestStats
@@ -44,9 +44,12 @@ from schemas.records import TABLE_KEYS
 META_FIELDS = [pa.field("_status", pa.string()), pa.field("_source", pa.string()), pa.field("_row", pa.int64()),
                pa.field("_sub", pa.int64()), pa.field("_raw", pa.string()), pa.field("_reason", pa.string()),
                pa.field("_field", pa.string()), pa.field("_sealed", pa.string()), pa.field(AUTO_KEY, pa.bool_()),
-               pa.field(PRESENT_KEY, pa.list_(pa.string())), pa.field(IGNORED_KEY, pa.list_(pa.string()))]
+               pa.field(PRESENT_KEY, pa.list_(pa.string())), pa.field(IGNORED_KEY, pa.list_(pa.string())),
+               pa.field("_bucket", pa.int32())]  # the hash of the row's key (ray_app.ingest.buckets)
 Transform = Callable[[dict, str], list[dict]]  # (record, source path) -> records
 BYTES_PER_ROW_GUESS = 400
+RESOLVE_ROWS = 250_000  # accepted rows above which a feed is resolved in Ray tasks, and rows per task
+OK = "_status = 'ok'"
 STALE_STAGING_S = 24 * 3600  # a staging dataset this old belongs to a crashed run, never to a live one
 
 
@@ -185,13 +188,15 @@ def _process_units(batch: dict[str, Any], table: str, ctx_kwargs: dict, mapping:
                     out.append(_quarantine(meta, rec_raw, record, exc.reason, exc.field, ctx, mapping))
                     continue
                 out.append({**row, **meta, "_status": "ok", "_raw": "", "_reason": "", "_field": "", "_sealed": ""})
-    return pa.Table.from_pylist(out, schema=staging_schema(table))
+    return with_bucket(pa.Table.from_pylist(out, schema=staging_schema(table)), table)
 
 
 def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, mapping: Optional[dict[str, str]] = None,
                  transform: Optional[Transform] = None, forced_format: Optional[str] = None, block_rows: int = 20_000,
-                 source_label: str = "", encoding: Optional[str] = None, derived: bool = False) -> TableIngestStats:
-    """Run the pipeline for one table; returns the ledger entry it wrote."""
+                 source_label: str = "", encoding: Optional[str] = None, derived: bool = False,
+                 resolve_rows: int = RESOLVE_ROWS) -> TableIngestStats:
+    """Run the pipeline for one table; returns the ledger entry it wrote. A feed of more than
+    `resolve_rows` accepted rows is resolved in Ray tasks of about that many rows each."""
     started = utcnow()
     run_id = uuid.uuid4().hex[:16]
     staging_root = f"{store.uri.rstrip('/')}/_staging"
@@ -209,71 +214,70 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
     import lance
 
     try:
-        staged = lance.dataset(staging, storage_options=store.storage_options).to_table()
+        staged = lance.dataset(staging, storage_options=store.storage_options)
     except ValueError as exc:  # an empty file, or a header alone: no row was written, so no dataset either
         if "not found" not in str(exc).lower():
             raise
-        staged = staging_schema(table).empty_table()
-    read = staged.num_rows
-    is_ok = pc.equal(staged.column("_status"), "ok")
-    ok, bad = staged.filter(is_ok), staged.filter(pc.invert(is_ok))
-    ignored = sorted({c for cols in ok.column(IGNORED_KEY).to_pylist() for c in cols or []})  # set by the cleaner on accepted rows
-    if table == "events":
-        ok = number_repeats(ok)
-    accepted, duplicates = dedup_latest(ok, TABLE_KEYS[table])
-    notes: dict[str, int] = {}
-    if table == "products":
-        accepted = keep_variants(ok, accepted)
-    if table == "events":
-        accepted, notes = link_returns(accepted, lambda users: _stored_purchases(store, users))
-    key = TABLE_KEYS[table][0]
-    accepted, rejected = merge_partial(table, accepted, key, lambda keys: _read_keys(store, table, key, keys),
-                                       [f.name for f in schema_of(table)])
-    accepted, _ = keep_stored_splits(table, accepted, TABLE_KEYS[table], lambda keys: _read_keys(store, table, key, keys))
+        staged = None
+    read = staged.count_rows() if staged else 0
+    ok_rows = staged.count_rows(filter=OK) if staged else 0
+    ignored: set[str] = set()  # set by the cleaner on accepted rows
+    for batch in staged.to_batches(columns=[IGNORED_KEY], filter=OK) if ok_rows else []:
+        ignored.update(c for cols in batch.column(0).to_pylist() for c in cols or [])
+    extra: list[str] = []
+    if ok_rows > resolve_rows:  # per key range in Ray tasks: no process holds the whole feed
+        done = resolve_bucketed(store, table, staging, ok_rows, resolve_rows)
+        accepted, duplicates, notes, rows, rejected, extra = (done.accepted, done.duplicates, done.notes, done.rows,
+                                                              done.rejected, done.datasets)
+    else:
+        small = resolve(table, staged.to_table(filter=OK) if ok_rows else staging_schema(table).empty_table(), store)
+        accepted, duplicates, notes = small.accepted.num_rows, small.duplicates, small.notes
+        rows, rejected = small.accepted, lambda: iter(small.rejected.select(QUARANTINE_COLUMNS).to_batches())
     # events are immutable facts: a re-run of a feed neither adds nor rewrites them
-    stats = store.upsert(table, accepted, insert_only=table == "events") if accepted.num_rows else None
-    now = utcnow()
-    bad_rows = bad.select(["_source", "_row", "_sub", "_raw", "_reason", "_field", "_sealed"]).to_pylist()
-    bad_rows += [{"_source": r["_source"], "_row": r["_row"], "_sub": r["_sub"], "_field": field, "_reason": reason,
-                  "_raw": json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, ensure_ascii=False, default=str),
-                  "_sealed": ""} for r, field, reason in rejected]
-    quarantine_rows = [{
-        "quarantine_id": stable_id("q", table, r["_source"], r["_row"], r["_sub"], r["_reason"], r["_raw"]),
-        "table": table, "source": r["_source"], "row_number": r["_row"], "raw": r["_raw"], "reason": r["_reason"],
-        "field": r["_field"], "raw_sealed": r["_sealed"] or "", "run_id": run_id, "created_at": now,
-    } for r in bad_rows]
-    if quarantine_rows:
-        store.upsert("quarantine", rows_to_arrow(quarantine_rows, "quarantine"), insert_only=True)
-    reasons = Counter(reason_kind(r["field"], r["reason"]) for r in quarantine_rows)
+    stats = store.upsert(table, rows, insert_only=table == "events") if accepted else None
+
+    def bad() -> Iterator[pa.RecordBatch]:
+        if staged is not None and read > ok_rows:
+            yield from staged.to_batches(columns=QUARANTINE_COLUMNS, filter=f"NOT ({OK})")
+        yield from rejected()
+
+    quarantined, reasons = _write_quarantine(store, table, run_id, bad())
     version = stats.version if stats else store.version(table)
-    result = TableIngestStats(table=table, source=source_label or ",".join(paths), read=read, accepted=accepted.num_rows,
-                              quarantined=len(quarantine_rows), duplicates=duplicates,
+    result = TableIngestStats(table=table, source=source_label or ",".join(paths), read=read, accepted=accepted,
+                              quarantined=quarantined, duplicates=duplicates,
                               inserted=stats.inserted if stats else 0, updated=stats.updated if stats else 0,
                               version=version, quarantine_reasons=dict(reasons.most_common()), run_id=run_id,
-                              ignored_columns=ignored, notes=notes)
+                              ignored_columns=sorted(ignored), notes=notes)
     store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons", "ignored_columns", "notes"}),
                                                "started_at": started, "finished_at": utcnow()}], "ingest_runs"))
-    _remove(staging)
+    for uri in [staging, *extra]:
+        _remove(uri)
     return result
 
 
-def _read_keys(store: Store, table: str, key: str, keys: list[str]) -> pa.Table:
-    """The stored rows of `table` whose key is in `keys` (an absent table has none)."""
-    if not store.exists(table):
-        return schema_of(table).empty_table()
-    if len(keys) <= 2_000:
-        return store.read(table, where=keys_filter(key, keys))
-    stored = store.read(table)
-    return stored.filter(pc.is_in(stored.column(key), value_set=pa.array(keys, pa.string())))
+def _write_quarantine(store: Store, table: str, run_id: str, batches: Iterator[pa.RecordBatch],
+                      chunk: int = 20_000) -> tuple[int, Counter]:
+    """Quarantine rows in commits of up to `chunk` (ids derived from source + row + reason: a re-run,
+    or a crash between two commits, never duplicates one); returns their count and reasons."""
+    now, count, reasons, pending = utcnow(), 0, Counter(), []
 
+    def flush() -> None:
+        if pending:
+            store.upsert("quarantine", rows_to_arrow(pending, "quarantine"), insert_only=True)
+            pending.clear()
 
-def _stored_purchases(store: Store, users: list[str]) -> pa.Table:
-    """The stored purchases of these users (what a return in this feed may cancel)."""
-    if not store.exists("events"):
-        return schema_of("events").empty_table()
-    parts = [store.read("events", where=f"event_type = 'purchase' AND {keys_filter('user_id', users[i:i + 1000])}")
-             for i in range(0, len(users), 1000)]
-    return pa.concat_tables(parts) if parts else schema_of("events").empty_table()
+    for batch in batches:
+        for r in batch.to_pylist():
+            pending.append({
+                "quarantine_id": stable_id("q", table, r["_source"], r["_row"], r["_sub"], r["_reason"], r["_raw"]),
+                "table": table, "source": r["_source"], "row_number": r["_row"], "raw": r["_raw"], "reason": r["_reason"],
+                "field": r["_field"], "raw_sealed": r["_sealed"] or "", "run_id": run_id, "created_at": now})
+            reasons[reason_kind(r["_field"], r["_reason"])] += 1
+            count += 1
+            if len(pending) >= chunk:
+                flush()
+    flush()
+    return count, reasons
 
 
 def _remove_stale(staging_root: str) -> None:

@@ -1,7 +1,9 @@
 """Driver-side steps between staging and the commit: repeats, duplicates and partial updates.
 
 Pure Arrow/Python functions over the staged rows of one ingest (no Ray), so each rule is
-unit-tested on its own:
+unit-tested on its own. `resolve` chains them; every rule looks only at rows of one key (returns:
+of one user), so the same chain runs on the driver for a small feed and, per hash range of the
+key, in Ray tasks for a large one (ray_app.ingest.buckets):
 - events without an id from the feed get content ids; repeats of the same content within one
   feed are numbered (first keeps the content id), so identical genuine events stay separate
   and a re-run of the feed reproduces the same ids;
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -23,9 +26,64 @@ import pyarrow.compute as pc
 from ray_app.ids import stable_id
 from ray_app.index import sql_list
 from ray_app.ingest.clean import DERIVED_COLUMNS, PARTIAL_TABLES, product_missing_fields
-from schemas.records import ANONYMOUS_USER_PREFIX
+from ray_app.store import schema_of
+from schemas.records import ANONYMOUS_USER_PREFIX, TABLE_KEYS
 
 READ_ORDER = [("_source", "ascending"), ("_row", "ascending"), ("_sub", "ascending")]
+QUARANTINE_COLUMNS = ["_source", "_row", "_sub", "_raw", "_reason", "_field", "_sealed"]
+
+
+@dataclass
+class Resolved:
+    """What the chain made of a feed's accepted rows: the rows to commit, the rows to quarantine
+    instead (staging columns, `_status` quarantine), and the counts for the ledger."""
+
+    accepted: pa.Table
+    rejected: pa.Table
+    duplicates: int
+    notes: dict[str, int] = field(default_factory=dict)
+
+
+def resolve(table: str, ok: pa.Table, store: Any, link: bool = True) -> Resolved:
+    """Repeats, duplicates, variants, returns, partial rows and kept splits of one feed's (or one
+    key range's) accepted staging rows, reading what they need of `store` (a ray_app.store.Store).
+    `link=False` leaves returns to the caller (they pair by user, not by event id)."""
+    if table == "events":
+        ok = number_repeats(ok)
+    accepted, duplicates = dedup_latest(ok, TABLE_KEYS[table])
+    notes: dict[str, int] = {}
+    if table == "products":
+        accepted = keep_variants(ok, accepted)
+    if table == "events" and link:
+        accepted, notes = link_returns(accepted, lambda users: stored_purchases(store, users))
+    key = TABLE_KEYS[table][0]
+    columns = [f.name for f in schema_of(table)]
+    accepted, rejected = merge_partial(table, accepted, key, lambda keys: read_keys(store, table, key, keys), columns)
+    accepted, _ = keep_stored_splits(table, accepted, TABLE_KEYS[table], lambda keys: read_keys(store, table, key, keys))
+    rows = [{"_source": r["_source"], "_row": r["_row"], "_sub": r["_sub"], "_field": fld, "_reason": reason, "_status": "quarantine",
+             # the columns the feed had, not the ones the cleaner derived (updated_at: a re-run must give the same id)
+             "_raw": json.dumps({k: r[k] for k in r["_present"] or [] if k in r}, ensure_ascii=False, default=str),
+             "_sealed": ""} for r, fld, reason in rejected]
+    return Resolved(accepted, pa.Table.from_pylist(rows, schema=ok.schema), duplicates, notes)
+
+
+def read_keys(store: Any, table: str, key: str, keys: list[str]) -> pa.Table:
+    """The stored rows of `table` whose key is in `keys` (an absent table has none)."""
+    if not store.exists(table):
+        return schema_of(table).empty_table()
+    if len(keys) <= 2_000:
+        return store.read(table, where=keys_filter(key, keys))
+    stored = store.read(table)
+    return stored.filter(pc.is_in(stored.column(key), value_set=pa.array(keys, pa.string())))
+
+
+def stored_purchases(store: Any, users: list[str]) -> pa.Table:
+    """The stored purchases of these users (what a return in this feed may cancel)."""
+    if not store.exists("events"):
+        return schema_of("events").empty_table()
+    parts = [store.read("events", where=f"event_type = 'purchase' AND {keys_filter('user_id', users[i:i + 1000])}")
+             for i in range(0, len(users), 1000)]
+    return pa.concat_tables(parts) if parts else schema_of("events").empty_table()
 
 
 def number_repeats(ok: pa.Table, key: str = "event_id") -> pa.Table:
