@@ -23,6 +23,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from pathlib import PurePosixPath
 from typing import Any, Callable, Iterator, Optional
 
 import pyarrow as pa
@@ -58,10 +59,13 @@ def staging_schema(table: str) -> pa.Schema:
     return pa.schema([f.with_nullable(True) for f in schema_of(table)] + META_FIELDS)
 
 
-def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int) -> list[dict[str, Any]]:
+def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int,
+               spill_dir: Optional[str] = None) -> list[dict[str, Any]]:
     """Work units (every key in every unit, as Ray Data's blocks need): `kind` "whole" (a file),
     "lines" (bytes [start, end) whose first line is `first_line`; CSV ranges also read the header,
-    bytes [0, header_end)) or "row_groups" (Parquet row groups [start, end), first row `first_line`)."""
+    bytes [0, header_end)) or "row_groups" (Parquet row groups [start, end), first row `first_line`).
+    `path` names the file (rows' source); `read_from` is where its bytes are: a gzipped JSONL or
+    CSV file is decompressed into `spill_dir` (one streaming pass) so that it splits like any other."""
     from ray_app.ingest.adapters import list_files
 
     files = []
@@ -70,32 +74,59 @@ def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int) 
         files += listed if len(listed) == 1 and listed[0] == path else [f for f in listed if known_format(f, forced_format)]
     units = []
     block_rows = max(1, block_rows)
-    for path in files:
+    for n, path in enumerate(files):
         fmt = detect_format(path, forced_format)
-        whole = {"path": path, "kind": "whole", "start": 0, "end": -1, "first_line": 1, "header_end": 0}
+        whole = {"path": path, "read_from": path, "kind": "whole", "start": 0, "end": -1, "first_line": 1, "header_end": 0}
         if fmt == "parquet":
-            units += _row_group_units(path, block_rows) or [whole]
+            units += [{**u, "read_from": path} for u in _row_group_units(path, block_rows)] or [whole]
             continue
         size = file_size(path)
         chunk = block_rows * BYTES_PER_ROW_GUESS
-        if fmt not in ("jsonl", "csv") or size is None or size <= chunk or _gzipped(path):
+        if fmt not in ("jsonl", "csv") or size is None:
             units.append(whole)
+            continue
+        source = path
+        if _gzipped(path):  # compressed ~5x: worth a spill when it would make more than one range
+            plain = f"{spill_dir.rstrip('/')}/{n}-{PurePosixPath(path).name.removesuffix('.gz')}" if spill_dir else None
+            if plain is None or size * 5 <= chunk or not _gunzip(path, plain):
+                units.append(whole)
+                continue
+            source, size = plain, file_size(plain) or 0
+        if size <= chunk:
+            units.append({**whole, "read_from": source})
             continue
         header_end = 0
         if fmt == "csv":
-            head = read_range(path, 0, min(size, 1 << 20))
+            head = read_range(source, 0, min(size, 1 << 20))
             nl = head.find(b"\n")
             if nl < 0 or decode_utf8(head[:nl]) is None:  # no header line that every range can share
-                units.append(whole)
+                units.append({**whole, "read_from": source})
                 continue
             header_end = nl + 1
-        points = line_starts(path, chunk, quotes=fmt == "csv")
+        points = line_starts(source, chunk, quotes=fmt == "csv")
         if fmt == "csv" and len(points) > 1 and points[1][0] == header_end:
             points.pop(1)  # the header alone is no range
         ends = [p[0] for p in points[1:]] + [size]
-        units += [{"path": path, "kind": "lines", "start": start, "end": end, "first_line": line, "header_end": header_end}
-                  for (start, line), end in zip(points, ends)]
+        units += [{"path": path, "read_from": source, "kind": "lines", "start": start, "end": end, "first_line": line,
+                   "header_end": header_end} for (start, line), end in zip(points, ends)]
     return units
+
+
+def _gunzip(path: str, dest: str) -> bool:
+    """Stream-decompress `path` into `dest` (a local path or a URI); False, and no `dest`, when the
+    file is not whole gzip (it is then read as one unit, and its error quarantined)."""
+    import gzip
+    import zlib
+
+    from ray_app.ingest.readers import _open_input, _open_output
+
+    try:
+        with _open_input(path) as raw, gzip.GzipFile(fileobj=raw) as src, _open_output(dest) as out:
+            shutil.copyfileobj(src, out, 8 << 20)
+        return True
+    except (OSError, EOFError, zlib.error, pa.ArrowException):
+        _remove(dest)
+        return False
 
 
 def _gzipped(path: str) -> bool:
@@ -152,18 +183,18 @@ def _process_units(batch: dict[str, Any], table: str, ctx_kwargs: dict, mapping:
     was derived for this table, not the other table's columns (which may name people)."""
     ctx = CleanContext(table=table, **ctx_kwargs)
     out: list[dict[str, Any]] = []
-    for path, kind, start, end, first, header_end in zip(batch["path"], batch["kind"], batch["start"], batch["end"],
-                                                          batch["first_line"], batch["header_end"]):
-        path, start, end, first, header_end = str(path), int(start), int(end), int(first), int(header_end)
+    for path, source, kind, start, end, first, header_end in zip(batch["path"], batch["read_from"], batch["kind"], batch["start"],
+                                                                  batch["end"], batch["first_line"], batch["header_end"]):
+        path, source, start, end, first, header_end = str(path), str(source), int(start), int(end), int(first), int(header_end)
         if kind == "row_groups":
             rows = parse_parquet_groups(path, start, end, first)
         elif kind == "lines":
-            payload = read_range(path, start, end)
+            payload = read_range(source, start, end)
             if header_end and start > 0:  # a CSV range: the file's header, then the range
-                payload = read_range(path, 0, header_end).removeprefix(b"\xef\xbb\xbf") + payload
+                payload = read_range(source, 0, header_end).removeprefix(b"\xef\xbb\xbf") + payload
             rows = parse_file(path, payload, forced_format, encoding, first_line=first)
         else:
-            rows = parse_file(path, read_bytes(path), forced_format, encoding)
+            rows = parse_file(path, read_bytes(source), forced_format, encoding)
         for raw in rows:
             meta = {"_source": raw["_source"], "_row": raw["_row"], "_sub": 0}
             if raw["_error"]:
@@ -202,7 +233,8 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
     staging_root = f"{store.uri.rstrip('/')}/_staging"
     staging = f"{staging_root}/{table}-{int(time.time())}-{run_id}.lance"  # this run's own: concurrent ingests never share one
     _remove_stale(staging_root)
-    units = plan_units(paths, forced_format, block_rows)
+    spill = f"{staging.removesuffix('.lance')}-input"
+    units = plan_units(paths, forced_format, block_rows, spill_dir=spill)
     ds = ray.data.from_items(units, override_num_blocks=len(units))
     ds = ds.map_batches(_process_units, batch_format="numpy", batch_size=1,
                         fn_kwargs={"table": table, "ctx_kwargs": ctx_kwargs, "mapping": mapping or {},
@@ -250,7 +282,7 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
                               ignored_columns=sorted(ignored), notes=notes)
     store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons", "ignored_columns", "notes"}),
                                                "started_at": started, "finished_at": utcnow()}], "ingest_runs"))
-    for uri in [staging, *extra]:
+    for uri in [staging, spill, *extra]:
         _remove(uri)
     return result
 
@@ -294,7 +326,7 @@ def _remove_stale(staging_root: str) -> None:
     except (OSError, pa.ArrowException):
         return
     for name in names:
-        match = re.fullmatch(r"\w+-(\d{9,})-[0-9a-f]+\.lance", name)
+        match = re.fullmatch(r"\w+-(\d{9,})-[0-9a-f]+(\.lance|-input|-resolved\.lance|-linked\.lance)", name)
         # names without a start time are from before this scheme: they can only be leftovers
         if match is None or time.time() - int(match.group(1)) > STALE_STAGING_S:
             _remove(f"{staging_root.rstrip('/')}/{name}")

@@ -226,11 +226,21 @@ def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None,
                encoding: Optional[str] = None, first_line: int = 1) -> Iterator[dict[str, Any]]:
     """Dispatch on the format; gzip is undone first. `first_line` numbers a JSONL byte range (a CSV
     range: the header line, then the range)."""
+    broken = ""
     if payload[:2] == b"\x1f\x8b":
-        payload = gzip.decompress(payload)
+        payload, broken = gunzip(payload)
     if first_line == 1 and payload.startswith(b"\xef\xbb\xbf"):
         payload = payload[3:]  # a UTF-8 byte-order mark is not part of the first row
     fmt = detect_format(path, forced_format)
+    last = 0
+    for row in _parse(path, fmt, payload, encoding, first_line):
+        last = row["_row"]
+        yield row
+    if broken:  # what decompressed was read; the rest of the file is one row in quarantine, saying why
+        yield raw_row(path, last + 1, "", None, broken)
+
+
+def _parse(path: str, fmt: str, payload: bytes, encoding: Optional[str], first_line: int) -> Iterator[dict[str, Any]]:
     if fmt == "jsonl":
         yield from parse_jsonl(path, payload, encoding, first_line)
     elif fmt == "json":
@@ -242,6 +252,30 @@ def parse_file(path: str, payload: bytes, forced_format: Optional[str] = None,
         yield from parse_parquet(path, payload)
     else:
         raise ValueError(f"unsupported format {fmt!r}")
+
+
+def gunzip(payload: bytes) -> tuple[bytes, str]:
+    """The decompressed bytes (every gzip member), and "" or why the stream stops early: a file cut
+    short or damaged still gives what decompresses before the damage (fed in 64 KiB steps)."""
+    import zlib
+
+    parts: list[bytes] = []
+    pos, step = 0, 1 << 16
+    while pos < len(payload):
+        member = zlib.decompressobj(31)
+        while not member.eof:
+            if pos >= len(payload):
+                parts.append(member.flush())
+                return b"".join(parts), f"the file ends inside its gzip stream (after {sum(map(len, parts))} bytes): it was cut short"
+            chunk = payload[pos:pos + step]
+            try:
+                parts.append(member.decompress(chunk))
+            except zlib.error as exc:
+                return b"".join(parts), f"the gzip stream is damaged after {sum(map(len, parts))} bytes ({exc}): the rest cannot be read"
+            pos += len(chunk) - len(member.unused_data)
+        if not payload[pos:].lstrip(b"\0"):  # trailing zero padding ends the file
+            break
+    return b"".join(parts), ""
 
 
 def read_bytes(path: str) -> bytes:
@@ -277,6 +311,19 @@ def _open_input(path: str):
 
     fs, inner = pafs.FileSystem.from_uri(path)
     return fs.open_input_file(inner)
+
+
+def _open_output(path: str):
+    """A new binary file at a local path (its folders made) or a URI."""
+    if "://" not in path:
+        import os
+
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return open(path, "wb")
+    import pyarrow.fs as pafs
+
+    fs, inner = pafs.FileSystem.from_uri(path)
+    return fs.open_output_stream(inner)
 
 
 def file_size(path: str) -> Optional[int]:

@@ -30,12 +30,38 @@ def _rows(units: list[dict], path: str) -> list[dict]:
 def test_any_split_reads_what_the_whole_file_reads(tmp_path_factory, f, block_rows):
     path = tmp_path_factory.mktemp("split") / f.name
     path.write_bytes(f.payload)
-    whole = [{"path": str(path), "kind": "whole", "start": 0, "end": -1, "first_line": 1, "header_end": 0}]
-    units = plan_units([str(path)], None, block_rows)  # ranges of ~400-1200 bytes, row groups of 1-3 rows
+    whole = [{"path": str(path), "read_from": str(path), "kind": "whole", "start": 0, "end": -1, "first_line": 1, "header_end": 0}]
+    # ranges of ~400-1200 bytes, row groups of 1-3 rows; gzip decompressed into the spill folder first
+    units = plan_units([str(path)], None, block_rows, spill_dir=str(path.parent / "spill"))
     split, one = _rows(units, str(path)), _rows(whole, str(path))
     assert split == one
-    if f.name.endswith(".gz") or f.name.endswith(".json"):
+    if f.name.endswith(".json"):
         assert [u["kind"] for u in units] == ["whole"]
+
+
+def test_a_gzipped_file_is_decompressed_once_and_split_like_a_plain_one(tmp_path):
+    import gzip
+
+    lines = ['product_id,title'] + [f'p{i},"item {i}, blue"' for i in range(300)]
+    csv_gz, jsonl_gz = tmp_path / "products.csv.gz", tmp_path / "products.jsonl.gz"
+    csv_gz.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    jsonl_gz.write_bytes(gzip.compress("".join(f'{{"product_id": "p{i}", "title": "item {i}"}}\n' for i in range(300)).encode()))
+    for path in (csv_gz, jsonl_gz):
+        spill = tmp_path / f"spill-{path.name}"
+        units = plan_units([str(path)], None, 5, spill_dir=str(spill))
+        assert len(units) > 2 and {u["kind"] for u in units} == {"lines"} and {u["path"] for u in units} == {str(path)}
+        assert {u["read_from"] for u in units} == {str(next(spill.iterdir()))}  # the one decompressed copy
+        whole = plan_units([str(path)], None, 5)  # no spill folder: one task reads the whole file
+        assert [u["kind"] for u in whole] == ["whole"]
+        split, one = _rows(units, str(path)), _rows(whole, str(path))
+        assert split == one and len(split) == 300 and {r["_source"] for r in split} == {str(path)}
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(b'{"product_id": "p1"}\n' * 400)[:-30])  # cut short: not whole gzip
+    spill = tmp_path / "spill-broken"
+    units = plan_units([str(broken)], None, 5, spill_dir=str(spill))
+    assert [u["kind"] for u in units] == ["whole"] and units[0]["read_from"] == str(broken)
+    assert not spill.exists() or not any(spill.iterdir())  # the partial copy removed
+    assert _rows(units, str(broken))[-1]["_status"] == "quarantine"  # the error reported as before
 
 
 def test_big_files_are_split_and_each_task_reads_only_its_range(tmp_path, monkeypatch):
