@@ -48,7 +48,7 @@ META_FIELDS = [pa.field("_status", pa.string()), pa.field("_source", pa.string()
                pa.field(PRESENT_KEY, pa.list_(pa.string())), pa.field(IGNORED_KEY, pa.list_(pa.string())),
                pa.field("_bucket", pa.int32())]  # the hash of the row's key (ray_app.ingest.buckets)
 Transform = Callable[[dict, str], list[dict]]  # (record, source path) -> records
-BYTES_PER_ROW_GUESS = 400
+BYTES_PER_ROW_GUESS = 400  # until a file's first lines say otherwise (and for gzip, before it is decompressed)
 RESOLVE_ROWS = 250_000  # accepted rows above which a feed is resolved in Ray tasks, and rows per task
 OK = "_status = 'ok'"
 STALE_STAGING_S = 24 * 3600  # a staging dataset this old belongs to a crashed run, never to a live one
@@ -92,6 +92,7 @@ def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int,
                 units.append(whole)
                 continue
             source, size = plain, file_size(plain) or 0
+        chunk = block_rows * _bytes_per_row(source, size)
         if size <= chunk:
             units.append({**whole, "read_from": source})
             continue
@@ -110,6 +111,14 @@ def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int,
         units += [{"path": path, "read_from": source, "kind": "lines", "start": start, "end": end, "first_line": line,
                    "header_end": header_end} for (start, line), end in zip(points, ends)]
     return units
+
+
+def _bytes_per_row(path: str, size: int, sample: int = 1 << 18) -> int:
+    """The average line length of the file's first 256 KiB, so that a range holds about
+    `block_rows` rows whether the rows are 80 bytes (an invoice line) or 4 KiB (a product)."""
+    head = read_range(path, 0, min(size, sample))
+    lines = head.count(b"\n")
+    return BYTES_PER_ROW_GUESS if lines < 2 else max(16, len(head) // lines)
 
 
 def _gunzip(path: str, dest: str) -> bool:
