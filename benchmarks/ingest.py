@@ -77,12 +77,16 @@ def make_rows(rows: int, seed: int = 0, offset: int = 0) -> pd.DataFrame:
 
 def make_events(rows: int, seed: int = 0, offset: int = 0, total: int = 0) -> pd.DataFrame:
     """Event rows `offset`.. of a log of `total` rows over `total // 10` products and `total // 20`
-    users, in time order: ~1% genuine repeats of the row before (numbered, kept), ~0.5% bad rows."""
+    users, in time order: 2% returns of an earlier purchase (linked by the ingest), ~1% genuine
+    repeats of the row before (numbered, kept), ~0.5% bad rows."""
     total = max(total, offset + rows)
     rng = np.random.default_rng(seed + offset)
     users, products = rng.integers(0, max(1, total // 20), rows), rng.integers(0, max(1, total // 10), rows)
     types = np.array(EVENT_TYPES)[rng.integers(0, len(EVENT_TYPES), rows)]
     seconds = 1_700_000_000 + (np.arange(offset, offset + rows) * 3)
+    buy, back = np.flatnonzero(types == "purchase"), np.flatnonzero(types == "return")
+    before = np.searchsorted(buy, back) - 1  # a return sends back what the latest purchase before it bought
+    users[back[before >= 0]], products[back[before >= 0]] = users[buy[before[before >= 0]]], products[buy[before[before >= 0]]]
     repeat = rng.random(rows) < 0.01
     repeat[0] = False
     for col in (users, products, seconds):
@@ -95,8 +99,10 @@ def make_events(rows: int, seed: int = 0, offset: int = 0, total: int = 0) -> pd
     return pd.DataFrame({
         "event_type": types, "user_id": [f"C{u:07d}" for u in users], "session_id": [f"S{u:07d}-{t // 3600}" for u, t in zip(users, seconds)],
         "product_id": [f"P{p:08d}" for p in products], "timestamp": stamps,
-        "position": np.where(types == "impression", rng.integers(1, 25, rows), 0),
-        "quantity": np.where(buys, rng.integers(1, 4, rows), 0), "value": np.where(buys, np.round(rng.uniform(1, 90, rows), 2), 0.0)})
+        # absent where the type has none (a click has no quantity): null in JSONL and Parquet, empty in CSV
+        "position": pd.Series(rng.integers(1, 25, rows), dtype="Int64").where(types == "impression"),
+        "quantity": pd.Series(rng.integers(1, 4, rows), dtype="Int64").where(buys),
+        "value": pd.Series(np.round(rng.uniform(1, 90, rows), 2)).where(buys)})
 
 
 def write_file(table: str, rows: int, folder: Path, fmt: str, seed: int = 0) -> Path:

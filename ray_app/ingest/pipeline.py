@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -32,6 +33,7 @@ import pyarrow.fs as pafs
 import ray
 
 from ray_app.ids import stable_id
+from ray_app.object_store import is_uri
 from ray_app.ingest.clean import AUTO_KEY, IGNORED_KEY, PRESENT_KEY, CleanContext, Reject, clean_record
 from ray_app.ingest.readers import (decode_utf8, detect_format, file_size, line_starts, parse_file, parse_parquet_groups,
                                     read_bytes, read_range)
@@ -242,16 +244,21 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
     staging_root = f"{store.uri.rstrip('/')}/_staging"
     staging = f"{staging_root}/{table}-{int(time.time())}-{run_id}.lance"  # this run's own: concurrent ingests never share one
     _remove_stale(staging_root)
-    spill = f"{staging.removesuffix('.lance')}-input"
-    units = plan_units(paths, forced_format, block_rows, spill_dir=spill)
-    ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(_process_units, batch_format="numpy", batch_size=1,
-                        fn_kwargs={"table": table, "ctx_kwargs": ctx_kwargs, "mapping": mapping or {},
-                                   "transform": transform, "forced_format": forced_format, "encoding": encoding,
-                                   "derived": derived})
-    # one staging fragment per work unit: with write_lance's default (1M rows a file) Ray Data
-    # bundles every unit into one fused parse+write task, and the whole file is parsed serially
-    ds.write_lance(staging, schema=staging_schema(table), storage_options=store.storage_options, min_rows_per_file=1)
+    # decompressed copies of gzipped files, which hold the file's raw ids: outside the store when
+    # it is a local folder; on a cluster the tasks of every node must read them, so in staging
+    spill = f"{staging.removesuffix('.lance')}-input" if is_uri(store.uri) else tempfile.mkdtemp(prefix="shopsearch-ingest-")
+    try:
+        units = plan_units(paths, forced_format, block_rows, spill_dir=spill)
+        ds = ray.data.from_items(units, override_num_blocks=len(units))
+        ds = ds.map_batches(_process_units, batch_format="numpy", batch_size=1,
+                            fn_kwargs={"table": table, "ctx_kwargs": ctx_kwargs, "mapping": mapping or {},
+                                       "transform": transform, "forced_format": forced_format, "encoding": encoding,
+                                       "derived": derived})
+        # one staging fragment per work unit: with write_lance's default (1M rows a file) Ray Data
+        # bundles every unit into one fused parse+write task, and the whole file is parsed serially
+        ds.write_lance(staging, schema=staging_schema(table), storage_options=store.storage_options, min_rows_per_file=1)
+    finally:
+        _remove(spill)  # read by the parse tasks only: gone as soon as they are, or when they fail
     import lance
 
     try:
@@ -291,7 +298,7 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
                               ignored_columns=sorted(ignored), notes=notes)
     store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons", "ignored_columns", "notes"}),
                                                "started_at": started, "finished_at": utcnow()}], "ingest_runs"))
-    for uri in [staging, spill, *extra]:
+    for uri in [staging, *extra]:
         _remove(uri)
     return result
 

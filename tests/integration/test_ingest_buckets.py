@@ -74,3 +74,22 @@ def test_bucketed_resolve_matches_the_driver(ray_session, s3, tmp_path):
     before = tasks.count("quarantine")
     again = ingest_table(tasks, "products", [feeds[1][1]], CTX, block_rows=100, resolve_rows=37)
     assert again.quarantined == 42 and tasks.count("quarantine") == before  # a re-run quarantines nothing twice
+
+
+def test_a_gzipped_feed_is_split_and_its_decompressed_copy_removed(ray_session, tmp_path):
+    import gzip
+    import tempfile
+
+    plain = Path(_feeds(tmp_path)[3][1])
+    packed = tmp_path / "packed" / "events.jsonl.gz"  # same name once unpacked: same rows, same ids
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    spills = lambda: {p.name for p in Path(tempfile.gettempdir()).glob("shopsearch-ingest-*")}  # noqa: E731
+    before = spills()
+    a, b = Store(str(tmp_path / "a")), Store(str(tmp_path / "b"))
+    got = ingest_table(a, "events", [str(packed)], CTX, block_rows=50, resolve_rows=60)
+    want = ingest_table(b, "events", [str(plain)], CTX, block_rows=50, resolve_rows=60)
+    assert got.read == want.read == 446 and (got.accepted, got.quarantined, got.duplicates, got.notes) == (
+        want.accepted, want.quarantined, want.duplicates, want.notes)
+    assert spills() <= before  # the decompressed copy (raw ids) is gone once the parse tasks are
+    assert sorted(a.read("events").column("event_id").to_pylist()) == sorted(b.read("events").column("event_id").to_pylist())
