@@ -106,8 +106,11 @@ def make_events(rows: int, seed: int = 0, offset: int = 0, total: int = 0) -> pd
 
 
 def write_file(table: str, rows: int, folder: Path, fmt: str, seed: int = 0) -> Path:
-    """The generated table as one file, written CHUNK_ROWS rows at a time."""
-    path = folder / f"{table}.{fmt}"
+    """The generated table as one file, written CHUNK_ROWS rows at a time (kept from an earlier
+    run with --work: the same arguments generate the same bytes)."""
+    path, done = folder / f"{table}.{fmt}", folder / f"{table}.{fmt}.{rows}-{seed}.done"
+    if path.exists() and done.exists():
+        return path
     writer = None
     with open(path, "wb") as out:
         for offset in range(0, rows, CHUNK_ROWS):
@@ -123,6 +126,7 @@ def write_file(table: str, rows: int, folder: Path, fmt: str, seed: int = 0) -> 
                 writer.write_table(arrow, row_group_size=20_000)
         if writer:
             writer.close()
+    done.touch()
     return path
 
 
@@ -297,7 +301,7 @@ def main() -> None:
                     else:
                         results.setdefault(key, {})[config] = json.loads(out.stdout.strip().splitlines()[-1])
                     print(key, config, results[key][config].get("median_seconds"), file=sys.stderr, flush=True)
-                if not args.online_retail:
+                if not args.online_retail and not args.work:  # a --work folder keeps its inputs for the next run
                     shutil.rmtree(path.parent, ignore_errors=True)
     finally:
         if not args.work:

@@ -41,8 +41,11 @@ def bucket_of(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def with_bucket(rows: pa.Table, table: str) -> pa.Table:
-    """Staged rows with `_bucket` set to the hash of their key's first column."""
-    return rows.set_column(rows.schema.get_field_index("_bucket"), "_bucket", bucket_of(rows.column(TABLE_KEYS[table][0])))
+    """Staged rows with `_bucket` set to the hash of their key's first column, in bucket order: a
+    hash scatters a range's rows over every page of every fragment, so unsorted, each range task
+    would read nearly all of staging (quadratic in the feed); sorted, it reads one slice of each."""
+    rows = rows.set_column(rows.schema.get_field_index("_bucket"), "_bucket", bucket_of(rows.column(TABLE_KEYS[table][0])))
+    return rows.sort_by("_bucket")
 
 
 def ranges(n: int) -> list[tuple[int, int]]:
@@ -148,6 +151,7 @@ def _resolve_range(uri: str, options: Optional[dict[str, str]], table: str, stag
         no_ref = pc.and_(is_return, pc.is_null(rows.column("ref_event_id")))
         to_link = pc.and_(no_ref, pc.invert(pc.starts_with(pc.fill_null(rows.column("user_id"), ""), ANONYMOUS_USER_PREFIX)))
         rows = rows.append_column("_ubucket", bucket_of(rows.column("user_id"))).append_column("_to_link", pc.fill_null(to_link, False))
+        rows = rows.sort_by("_ubucket")  # the second pass reads by user range: one slice of each fragment
         counts.update(to_link=_count(to_link), returns=_count(is_return), returns_unlinked=_count(no_ref) - _count(to_link))
     counts["fragments"] = _write(rows, out, schema, options)
     return counts

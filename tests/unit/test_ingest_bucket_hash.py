@@ -50,3 +50,15 @@ def test_upsert_streams_batches_and_matches_a_table_write(tmp_path):
     assert (got.inserted, got.updated) == (want.inserted, want.updated) == (10, 0) and calls == [1]
     assert streamed.read("events").sort_by("event_id").equals(whole.read("events").sort_by("event_id"))
     assert streamed.upsert("events", lambda: iter([]), insert_only=True).inserted == 0  # an empty scan commits nothing new
+
+
+def test_staged_rows_leave_a_task_in_bucket_order():
+    """A key range must be a slice of each staging fragment, not rows scattered over all its pages."""
+    from ray_app.ingest.buckets import with_bucket
+    from ray_app.ingest.pipeline import staging_schema
+
+    rows = pa.Table.from_pylist([{"product_id": f"P{i}", "_row": i} for i in range(500)], schema=staging_schema("products"))
+    out = with_bucket(rows, "products")
+    buckets = out.column("_bucket").to_pylist()
+    assert buckets == sorted(buckets) and sorted(out.column("_row").to_pylist()) == list(range(500))
+    assert buckets == sorted(bucket_of(pa.array([f"P{i}" for i in range(500)])).to_pylist())
