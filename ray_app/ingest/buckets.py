@@ -121,15 +121,14 @@ def _index(dataset: Any, column: str) -> None:
         pass
 
 
-def _commit(uri: str, fragment_lists: list[list[str]], schema: pa.Schema, options: Optional[dict[str, str]]) -> bool:
-    """One commit of every task's fragments; False when no task wrote any (no dataset then)."""
+def _commit(uri: str, fragment_lists: list[list[str]], schema: pa.Schema, options: Optional[dict[str, str]]) -> None:
+    """One commit of every task's fragments (none written: no dataset, and no scan reads it)."""
     import lance
     from lance.fragment import FragmentMetadata
 
     fragments = [FragmentMetadata.from_json(f) for part in fragment_lists for f in part]
     if fragments:
         lance.LanceDataset.commit(uri, lance.LanceOperation.Overwrite(schema, fragments), storage_options=options)
-    return bool(fragments)
 
 
 @ray.remote(num_cpus=1)

@@ -4,13 +4,17 @@ plan work units on the driver: JSONL and CSV files are cut into line-aligned byt
   `block_rows` lines (one streaming pass counts lines, and quotes for CSV, so every line and every
   quoted multi-line record belongs to exactly one range, and each range knows its first line's
   number); Parquet files into runs of row groups; each task reads only its range or row groups.
-  Gzipped files and JSON documents are one unit a file
+  Gzipped JSONL/CSV files are decompressed once first and split the same way; JSON documents are
+  one unit a file
   -> Ray Data (`from_items` of the units + `map_batches`): parse + clean + validate each unit in
-     parallel tasks (row number and raw text kept; each row ok or quarantined with a reason)
+     parallel tasks (row number and raw text kept; each row ok or quarantined with a reason; rows
+     tagged and sorted by a hash of their key)
   -> write_lance into this run's own staging dataset (parallel Lance writers)
-then on the driver (ray_app.ingest.resolve): number repeated events, de-duplicate by key (latest
-row wins; a product's other titles kept as variants), link returns to the purchases they cancel, complete partial rows from the stored ones, then one merge_insert commit into the
-table (one new version; a crash before it leaves the table untouched, so a re-run is clean),
+then ray_app.ingest.resolve, on the driver for a small feed and per key-hash range in Ray tasks
+for a large one (ray_app.ingest.buckets): number repeated events, de-duplicate by key (latest
+row wins; a product's other titles kept as variants), link returns to the purchases they cancel,
+complete partial rows from the stored ones, then one merge_insert commit into the table, streamed
+from a scan (one new version; a crash before it leaves the table untouched, so a re-run is clean),
 the quarantined rows into `quarantine` (ids derived from source + row + reason: re-runs don't
 duplicate them; identifiers in rows of `users`, `events` and `labels` pseudonymised, the row
 as read sealed), and a ledger row in `ingest_runs`: read = accepted + quarantined + duplicates.
@@ -37,7 +41,7 @@ from ray_app.object_store import is_uri
 from ray_app.ingest.clean import AUTO_KEY, IGNORED_KEY, PRESENT_KEY, CleanContext, Reject, clean_record
 from ray_app.ingest.readers import (decode_utf8, detect_format, file_size, line_starts, parse_file, parse_parquet_groups,
                                     read_bytes, read_range)
-from ray_app.ingest.buckets import resolve_bucketed, with_bucket
+from ray_app.ingest.buckets import OK, resolve_bucketed, with_bucket
 from ray_app.ingest.resolve import QUARANTINE_COLUMNS, resolve
 from ray_app.ingest.quarantine import PERSONAL_TABLES, reason_kind, redact_personal
 from ray_app.store import Store, rows_to_arrow, schema_of, utcnow
@@ -52,7 +56,6 @@ META_FIELDS = [pa.field("_status", pa.string()), pa.field("_source", pa.string()
 Transform = Callable[[dict, str], list[dict]]  # (record, source path) -> records
 BYTES_PER_ROW_GUESS = 400  # until a file's first lines say otherwise (and for gzip, before it is decompressed)
 RESOLVE_ROWS = 250_000  # accepted rows above which a feed is resolved in Ray tasks, and rows per task
-OK = "_status = 'ok'"
 STALE_STAGING_S = 24 * 3600  # a staging dataset this old belongs to a crashed run, never to a live one
 
 
@@ -90,7 +93,7 @@ def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int,
         source = path
         if _gzipped(path):  # compressed ~5x: worth a spill when it would make more than one range
             plain = f"{spill_dir.rstrip('/')}/{n}-{PurePosixPath(path).name.removesuffix('.gz')}" if spill_dir else None
-            if plain is None or size * 5 <= chunk or not _gunzip(path, plain):
+            if plain is None or size * 5 <= chunk or not _decompress_to(path, plain):
                 units.append(whole)
                 continue
             source, size = plain, file_size(plain) or 0
@@ -123,7 +126,7 @@ def _bytes_per_row(path: str, size: int, sample: int = 1 << 18) -> int:
     return BYTES_PER_ROW_GUESS if lines < 2 else max(16, len(head) // lines)
 
 
-def _gunzip(path: str, dest: str) -> bool:
+def _decompress_to(path: str, dest: str) -> bool:
     """Stream-decompress `path` into `dest` (a local path or a URI); False, and no `dest`, when the
     file is not whole gzip (it is then read as one unit, and its error quarantined)."""
     import gzip
@@ -267,10 +270,10 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
         if "not found" not in str(exc).lower():
             raise
         staged = None
-    read = staged.count_rows() if staged else 0
-    ok_rows = staged.count_rows(filter=OK) if staged else 0
+    read, ok_rows = (staged.count_rows() if staged else 0), 0
     ignored: set[str] = set()  # set by the cleaner on accepted rows
-    for batch in staged.to_batches(columns=[IGNORED_KEY], filter=OK) if ok_rows else []:
+    for batch in staged.to_batches(columns=[IGNORED_KEY], filter=OK) if read else []:  # one scan: both counted
+        ok_rows += batch.num_rows
         ignored.update(c for cols in batch.column(0).to_pylist() for c in cols or [])
     extra: list[str] = []
     if ok_rows > resolve_rows:  # per key range in Ray tasks: no process holds the whole feed

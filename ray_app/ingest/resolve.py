@@ -1,4 +1,4 @@
-"""Driver-side steps between staging and the commit: repeats, duplicates and partial updates.
+"""The steps between staging and the commit: repeats, duplicates and partial updates.
 
 Pure Arrow/Python functions over the staged rows of one ingest (no Ray), so each rule is
 unit-tested on its own. `resolve` chains them; every rule looks only at rows of one key (returns:
