@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 from ray_app.cli import JobError, main_wrapper
 from ray_app.errors import describe, is_expected
 from ray_app.ingest.adapters import Source, esci_sources, judgment_sources, label_sources, list_files, snips_sources
+from ray_app.ingest.clean import ALIASES, EXTRA_INPUTS
 from ray_app.ingest.pipeline import ingest_table, known_format
 from ray_app.ingest.retail import retail_sources
 from ray_app.privacy import DEV_KEY_WARNING, resolve_key
@@ -44,6 +45,7 @@ from ray_app.taxonomy import declare_taxonomy, declared_taxonomy, load_taxonomy_
 from schemas.config import IngestConfig
 from schemas.grades import ESCI, GradeScale
 from schemas.ingest import IngestResult, TableIngestStats
+from schemas.records import TABLE_MODELS
 from schemas.taxonomy import TaxonomyError, builtin_taxonomy
 
 
@@ -74,6 +76,22 @@ def plan_sources(config: IngestConfig) -> list[Source]:
     return [Source(config.table, files, None, config.map)]
 
 
+def check_map(config: IngestConfig, sources: list[Source]) -> None:
+    """Every --map destination must be a column the target tables read: a typo, or several renames
+    in one flag (`--map a=b,c=d`), would otherwise quarantine every row with a puzzling reason."""
+    if not config.map:
+        return
+    if config.source == "online-retail":  # the adapter maps the invoice log's own columns
+        raise JobError(f"--map renames the columns of a generic feed; --source {config.source} reads its own columns")
+    tables = sorted({s.table for s in sources})
+    columns = set().union(*({*TABLE_MODELS[t].model_fields, *EXTRA_INPUTS.get(t, ()), *ALIASES.get(t, {})} for t in tables))
+    for src, dst in config.map.items():
+        if dst not in columns:
+            hint = " (repeat --map for each rename: --map a=b --map c=d)" if "," in dst and "=" in dst else ""
+            raise JobError(f"--map {src}={dst}: {dst!r} is not a column of {' or '.join(tables)}{hint}; "
+                           f"columns: {', '.join(sorted(c for t in tables for c in TABLE_MODELS[t].model_fields))}")
+
+
 def table_warnings(stats: TableIngestStats) -> list[str]:
     """What a table's ingest should tell the user although it succeeded: columns it ignored (a
     misnamed column, say) and a file of which no row was accepted (exit 0: the file was read)."""
@@ -91,6 +109,7 @@ def run(config: IngestConfig) -> IngestResult:
     """Ingest every planned source; one ledger entry per table."""
     started = time.perf_counter()
     sources = plan_sources(config)
+    check_map(config, sources)
     key, is_dev_key = resolve_key(config.pseudonym_key)
     try:  # a bad taxonomy file fails before any Ray work
         taxonomy = load_taxonomy_file(config.taxonomy) if config.taxonomy else None

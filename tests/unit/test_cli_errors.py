@@ -113,3 +113,27 @@ def test_summary_line_is_strict_json():
 
     assert json.dumps(strict_json({"f1": float("nan"), "xs": [1.0, float("inf")], "ok": True}), allow_nan=False) == \
         '{"f1": null, "xs": [1.0, null], "ok": true}'
+
+
+def test_ingest_map_destination_must_be_a_column(tmp_path, monkeypatch, capsys):
+    """`--map a=b,c=d` is one rename to a column named `b,c=d`: said before any row is read, not
+    found out from a quarantine of every row."""
+    csv = tmp_path / "catalogue.csv"
+    csv.write_text("sku,name\np1,a lamp\n")
+    monkeypatch.setattr(ingest, "init_ray", lambda *a, **k: pytest.fail("the check runs before Ray"))
+    base = ["--workspace", str(tmp_path / "ws"), "--table", "products", "--path", str(csv)]
+    assert ingest.main([*base, "--map", "sku=product_id,name=title"]) == 1
+    error = _last_json(capsys.readouterr().out)["error"]
+    assert error.startswith("--map sku=product_id,name=title: 'product_id,name=title' is not a column of products")
+    assert "repeat --map for each rename" in error and "title" in error
+    assert ingest.main([*base, "--map", "name=titel"]) == 1
+    error = _last_json(capsys.readouterr().out)["error"]
+    assert "'titel' is not a column of products" in error and "repeat" not in error
+    # an alias of a column is a destination too; judgments may rename into the queries they name
+    assert ingest.check_map(ingest.IngestConfig(table="products", path=str(csv), map=["sku=item_id", "name=title"]),
+                            ingest.plan_sources(ingest.IngestConfig(table="products", path=str(csv)))) is None
+    judged = ingest.IngestConfig(table="judgments", path=str(csv), map=["q=query", "sku=product_id"])
+    assert ingest.check_map(judged, ingest.plan_sources(judged)) is None
+    retail = ingest.IngestConfig(source="online-retail", path=str(csv), map=["sku=product_id"])
+    with pytest.raises(ingest.JobError, match="--source online-retail reads its own columns"):
+        ingest.check_map(retail, [])
