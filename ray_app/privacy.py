@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import os
+from functools import lru_cache
 from typing import Optional
 
 KEY_ENV = "SHOPSEARCH_PSEUDONYM_KEY"
@@ -58,6 +59,7 @@ def is_pseudonym(value: str, key: str, prefix: str = PREFIX) -> bool:
     return hmac.compare_digest(check, _check(key, prefix, body))
 
 
+@lru_cache(maxsize=1 << 16)  # an event log names each shopper and session many times over
 def pseudonymise(raw_id: str, key: str, prefix: str = PREFIX) -> str:
     """Stable keyed pseudonym of a raw id; a pseudonym of this key and prefix passes through."""
     if not raw_id or is_pseudonym(raw_id, key, prefix):
