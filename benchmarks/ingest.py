@@ -177,11 +177,17 @@ def pandas_baseline(table: str, path: Path, db: str) -> int:
     return read
 
 
+PHASES: list[dict] = []  # each Ray run's per-table stage seconds (TableIngestStats.phase_seconds)
+
+
 def ray_path(table: str, path: Path, db: str) -> int:
-    store = Store(db)
-    return sum(ingest_table(store, name, [str(path)], {"pseudonym_key": "bench"}, transform=transform, mapping=mapping,
-                            derived=name == "products" and table == "retail").read
-               for name, transform, mapping in sources_of(table, path))
+    store, read, phases = Store(db), 0, {}
+    for name, transform, mapping in sources_of(table, path):
+        stats = ingest_table(store, name, [str(path)], {"pseudonym_key": "bench"}, transform=transform, mapping=mapping,
+                             derived=name == "products" and table == "retail")
+        read, phases[name] = read + stats.read, stats.phase_seconds
+    PHASES.append(phases)
+    return read
 
 
 class PeakMemory:
@@ -232,9 +238,10 @@ def timed(fn, table: str, path: Path, work: Path, repeats: int) -> dict:
             "peak_rss_mb_driver_and_workers": round(max(total) / 2**20)}
 
 
-def run_one(config: str, table: str, path: Path, repeats: int) -> dict:
-    """One configuration in this (fresh) process: a warm-up, then the timed repeats on `path`."""
-    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=path.parent))
+def run_one(config: str, table: str, path: Path, repeats: int, root: Path) -> dict:
+    """One configuration in this (fresh) process: a warm-up, then the timed repeats on `path`, with
+    its stores under `root` (never beside the input: that may be a shared, read-only data folder)."""
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=root))
     try:
         if config == "pandas_single_process":
             return timed(pandas_baseline, table, path, work, repeats)
@@ -243,7 +250,8 @@ def run_one(config: str, table: str, path: Path, repeats: int) -> dict:
         warm.mkdir()
         fmt = "csv" if table == "retail" else path.name.split(".")[1]
         ray_path("products", write_file("products", 2_000, warm, fmt, seed=1), str(work / "warmup"))  # worker start-up is not throughput
-        return timed(ray_path, table, path, work, repeats)
+        PHASES.clear()  # not the warm-up's
+        return {**timed(ray_path, table, path, work, repeats), "phase_seconds": PHASES}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -265,7 +273,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ingest.json"))
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], Path(args.one[2]), args.repeats)))
+        print(json.dumps(run_one(args.one[0], args.one[1], Path(args.one[2]), args.repeats,
+                                 Path(args.work or tempfile.gettempdir()))))
         return
     if args.write:
         print(write_file(args.write[0], int(args.write[1]), Path(args.write[3]), args.write[2]))
@@ -295,7 +304,7 @@ def main() -> None:
                     key = f"{table}-{fmt}-{rows}"
                 for config in configs:
                     out = subprocess.run([sys.executable, "-m", "benchmarks.ingest", "--one", config, table, str(path),
-                                          "--repeats", str(args.repeats)], cwd=ROOT, capture_output=True, text=True)
+                                          "--repeats", str(args.repeats), "--work", str(work)], cwd=ROOT, capture_output=True, text=True)
                     if out.returncode:  # an out-of-memory kill is a result too: say so, keep the others
                         results.setdefault(key, {})[config] = {"failed": out.returncode, "stderr": out.stderr[-600:]}
                     else:

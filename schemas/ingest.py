@@ -20,6 +20,8 @@ class TableIngestStats(BaseModel):
     quarantine_reasons: dict[str, int] = Field(default_factory=dict)
     ignored_columns: list[str] = Field(default_factory=list)  # input columns that map to no column of the table
     notes: dict[str, int] = Field(default_factory=dict)  # events: returns and how many were linked to their purchase
+    # wall seconds of each stage: plan, parse (read + clean + stage, in Ray Data), resolve, commit, quarantine
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
 
 
 class IngestResult(BaseModel):

@@ -250,8 +250,16 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
     # decompressed copies of gzipped files, which hold the file's raw ids: outside the store when
     # it is a local folder; on a cluster the tasks of every node must read them, so in staging
     spill = f"{staging.removesuffix('.lance')}-input" if is_uri(store.uri) else tempfile.mkdtemp(prefix="shopsearch-ingest-")
+    phases, clock = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name], clock = round(now - clock, 3), now
+
     try:
         units = plan_units(paths, forced_format, block_rows, spill_dir=spill)
+        lap("plan")
         ds = ray.data.from_items(units, override_num_blocks=len(units))
         ds = ds.map_batches(_process_units, batch_format="numpy", batch_size=1,
                             fn_kwargs={"table": table, "ctx_kwargs": ctx_kwargs, "mapping": mapping or {},
@@ -262,6 +270,7 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
         ds.write_lance(staging, schema=staging_schema(table), storage_options=store.storage_options, min_rows_per_file=1)
     finally:
         _remove(spill)  # read by the parse tasks only: gone as soon as they are, or when they fail
+    lap("parse")
     import lance
 
     try:
@@ -284,8 +293,10 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
         small = resolve(table, staged.to_table(filter=OK) if ok_rows else staging_schema(table).empty_table(), store)
         accepted, duplicates, notes = small.accepted.num_rows, small.duplicates, small.notes
         rows, rejected = small.accepted, lambda: iter(small.rejected.select(QUARANTINE_COLUMNS).to_batches())
+    lap("resolve")
     # events are immutable facts: a re-run of a feed neither adds nor rewrites them
     stats = store.upsert(table, rows, insert_only=table == "events") if accepted else None
+    lap("commit")
 
     def bad() -> Iterator[pa.RecordBatch]:
         if staged is not None and read > ok_rows:
@@ -293,13 +304,15 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
         yield from rejected()
 
     quarantined, reasons = _write_quarantine(store, table, run_id, bad())
+    lap("quarantine")
     version = stats.version if stats else store.version(table)
     result = TableIngestStats(table=table, source=source_label or ",".join(paths), read=read, accepted=accepted,
                               quarantined=quarantined, duplicates=duplicates,
                               inserted=stats.inserted if stats else 0, updated=stats.updated if stats else 0,
                               version=version, quarantine_reasons=dict(reasons.most_common()), run_id=run_id,
-                              ignored_columns=sorted(ignored), notes=notes)
-    store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons", "ignored_columns", "notes"}),
+                              ignored_columns=sorted(ignored), notes=notes, phase_seconds=phases)
+    store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons", "ignored_columns", "notes",
+                                                                                   "phase_seconds"}),
                                                "started_at": started, "finished_at": utcnow()}], "ingest_runs"))
     for uri in [staging, *extra]:
         _remove(uri)

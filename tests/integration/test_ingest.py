@@ -66,6 +66,9 @@ def test_messy_file_loses_nothing(ray_session, tmp_path, capsys):
                    "invalid JSON: ", "price: expected a number, got …", "description: value is … characters"):
         assert any(r.startswith(prefix) for r in reasons), prefix
     assert sum(reasons.values()) == 80
+    phases = summary["tables"][0]["phase_seconds"]  # where the time went, stage by stage
+    assert list(phases) == ["plan", "parse", "resolve", "commit", "quarantine"] and all(s >= 0 for s in phases.values())
+    assert sum(phases.values()) <= summary["seconds"] + 0.01
     assert any(len(q["raw"]) > 1_000_000 for q in quarantine)  # the 1 MB row is kept whole
     dup_ids = {f"P{i:05d}" for i in range(50)}
     updated = [r for r in store.read("products").to_pylist() if r["product_id"] in dup_ids]
