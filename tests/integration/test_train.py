@@ -129,6 +129,35 @@ def test_train_intent_entity_two_workers_registers_model(ray_session, store, tmp
     assert pred["raw_intent"] in version.label_spaces["intents"]
 
 
+def test_a_stop_on_the_board_ends_a_two_worker_run_at_the_same_step(ray_session, store, tmp_path):
+    """What a Tune trial's Train run does when ASHA stops it, with two workers: both ranks leave
+    their loop at one step (a rank that left alone would hang the other in DDP's next all-reduce),
+    Train ends the run normally and its placement group gives the CPUs back."""
+    import time
+
+    import ray
+
+    from ray_app.training.data import load_task_data
+    from ray_app.training.stop import StopBoard
+    from ray_app.training.trainer import build_trainer
+
+    fill_tiny_store(store)
+    config = _config(tmp_path, epochs=3, run_name="stopped-run")
+    data = load_task_data(store, "s1", "intent_entity")
+    board = StopBoard.remote()
+    ray.get(board.started.remote("trial-a"))
+    waiting = board.stop_and_wait.remote("trial-a", 120.0)  # what the Tune callback asks
+    result = build_trainer(config, data, overrides={"stop_board": board, "stop_key": "trial-a"}).fit()
+    ray.get(board.finished.remote("trial-a"))
+    assert ray.get(waiting) is True
+    outcome = result.return_value
+    assert outcome["stopped"] is True and outcome["epochs_run"] == 0 and outcome["history"] == []
+    deadline = time.monotonic() + 30
+    while ray_session.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_session.available_resources().get("CPU", 0) == 2
+
+
 def test_worker_killed_mid_run_resumes_from_checkpoint(ray_session, store, tmp_path):
     from ray_app.training.trainer import run_training
 
