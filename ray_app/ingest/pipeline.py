@@ -326,20 +326,23 @@ def _write_quarantine(store: Store, table: str, run_id: str, batches: Iterator[p
     rows are the pipeline's own, typed by staging's schema, so they go to Arrow column by column,
     not through the pydantic model row by row (a feed of a million rejected rows is no longer
     bound by validation on one core)."""
-    now, count, reasons, pending = utcnow(), 0, Counter(), []
+    now, count, reasons, pending, waiting = utcnow(), 0, Counter(), [], 0
     schema = schema_of("quarantine")
 
     def flush() -> None:
+        nonlocal waiting
         if pending:
             rows = pa.concat_tables(pending)
             pending.clear()
+            waiting = 0
             store.upsert("quarantine", rows, insert_only=True)
 
     for batch in batches:
         if not batch.num_rows:
             continue
         text = {name: pc.fill_null(batch.column(name), "") for name in ("_raw", "_reason", "_field", "_sealed")}
-        c = {name: (text[name] if name in text else batch.column(name)).to_pylist() for name in QUARANTINE_COLUMNS}
+        c = {name: (text[name] if name in text else batch.column(name)).to_pylist()
+             for name in ("_source", "_row", "_sub", "_reason", "_raw", "_field")}  # what the id and the reasons read
         ids = [stable_id("q", table, *parts) for parts in zip(c["_source"], c["_row"], c["_sub"], c["_reason"], c["_raw"])]
         n = batch.num_rows
         pending.append(pa.table({
@@ -349,8 +352,8 @@ def _write_quarantine(store: Store, table: str, run_id: str, batches: Iterator[p
             "run_id": pa.array([run_id] * n, pa.string()), "created_at": pa.array([now] * n, schema.field("created_at").type),
         }).select(schema.names).cast(schema))
         reasons.update(reason_kind(f, r) for f, r in zip(c["_field"], c["_reason"]))
-        count += n
-        if sum(t.num_rows for t in pending) >= chunk:
+        count, waiting = count + n, waiting + n
+        if waiting >= chunk:
             flush()
     flush()
     return count, reasons
