@@ -36,7 +36,7 @@ from ray_app.cli import JobError, main_wrapper
 from ray_app.errors import describe, is_expected
 from ray_app.ingest.adapters import Source, esci_sources, judgment_sources, label_sources, list_files, snips_sources
 from ray_app.ingest.clean import ALIASES, EXTRA_INPUTS
-from ray_app.ingest.pipeline import ingest_table, known_format
+from ray_app.ingest.pipeline import TableSpec, ingest_tables, known_format
 from ray_app.ingest.retail import retail_sources
 from ray_app.privacy import DEV_KEY_WARNING, resolve_key
 from ray_app.runtime import init_ray
@@ -105,6 +105,31 @@ def table_warnings(stats: TableIngestStats) -> list[str]:
     return notes
 
 
+def source_groups(sources: list[Source]) -> list[list[Source]]:
+    """Consecutive sources that read the same files (an invoice log's products and events, a
+    judgments file's queries and judgments): one parse pass fills them all."""
+    groups: list[list[Source]] = []
+    for src in sources:
+        if groups and groups[-1][0].paths == src.paths and all(g.table != src.table for g in groups[-1]):
+            groups[-1].append(src)
+        else:
+            groups.append([src])
+    return groups
+
+
+def report(stats: TableIngestStats, config: IngestConfig, warnings: list[str]) -> None:
+    """A table's warnings (always: the user has something to fix) and, unless quiet, its counts."""
+    for note in table_warnings(stats):  # said even when quiet: the user has something to fix
+        warnings.append(note)
+        print(f"jobs.ingest: warning: {note}", file=sys.stderr)
+    if not config.quiet:
+        reasons = ", ".join(f"{k} x{v}" for k, v in list(stats.quarantine_reasons.items())[:6])
+        print(f"{stats.table:>10}: read {stats.read:,}  accepted {stats.accepted:,}  quarantined {stats.quarantined:,}"
+              f"  duplicates {stats.duplicates:,}  -> version {stats.version}" + (f"  [{reasons}]" if reasons else "")
+              + "".join(f"  {k} {v:,}" for k, v in stats.notes.items()),
+              file=sys.stderr)
+
+
 def run(config: IngestConfig) -> IngestResult:
     """Ingest every planned source; one ledger entry per table."""
     started = time.perf_counter()
@@ -134,25 +159,20 @@ def run(config: IngestConfig) -> IngestResult:
         ctx.update(split_seed=config.seed, test_fraction=config.test_fraction or 0.0,
                    validation_fraction=config.validation_fraction or 0.0)
     tables = []
-    for src in sources:
+    for group in source_groups(sources):  # a file that fills several tables is read once for all of them
+        names = ", ".join(src.table for src in group)
         try:
-            stats = ingest_table(store, src.table, src.paths, ctx, mapping=src.mapping or config.map,
-                                 transform=src.transform, forced_format=config.format, block_rows=config.block_rows,
-                                 resolve_rows=config.resolve_rows, source_label=config.path, encoding=config.encoding, derived=src.derived)
-        except Exception as exc:  # Ray wraps worker errors; name the table and the root cause, not a traceback
+            done = ingest_tables(store, [TableSpec(src.table, dict(src.mapping or config.map), src.transform, src.derived)
+                                         for src in group], group[0].paths, ctx, forced_format=config.format,
+                                 block_rows=config.block_rows, resolve_rows=config.resolve_rows, source_label=config.path,
+                                 encoding=config.encoding)
+        except Exception as exc:  # Ray wraps worker errors; name the tables and the root cause, not a traceback
             if not is_expected(exc):
                 raise  # a bug: main_wrapper writes its traceback to a log file
-            raise JobError(f"cannot ingest {src.table} from {config.path}: {describe(exc)}") from exc
-        tables.append(stats)
-        for note in table_warnings(stats):  # said even when quiet: the user has something to fix
-            warnings.append(note)
-            print(f"jobs.ingest: warning: {note}", file=sys.stderr)
-        if not config.quiet:
-            reasons = ", ".join(f"{k} x{v}" for k, v in list(stats.quarantine_reasons.items())[:6])
-            print(f"{stats.table:>10}: read {stats.read:,}  accepted {stats.accepted:,}  quarantined {stats.quarantined:,}"
-                  f"  duplicates {stats.duplicates:,}  -> version {stats.version}" + (f"  [{reasons}]" if reasons else "")
-                  + "".join(f"  {k} {v:,}" for k, v in stats.notes.items()),
-                  file=sys.stderr)
+            raise JobError(f"cannot ingest {names} from {config.path}: {describe(exc)}") from exc
+        for stats in done:
+            tables.append(stats)
+            report(stats, config, warnings)
     if declared is None and config.source == "snips":
         own = taxonomy_from_labels(store.read("labels", where="annotator = 'snips'"), "snips")
         if own is not None:

@@ -148,7 +148,7 @@ def retail_event(rec: dict, source: str) -> list[dict]:
 
 
 def retail_sources(path: str) -> list:
-    """products (derived from the lines) first, then events; both read every line."""
+    """products (derived from the lines) first, then events: one parse of each line fills both."""
     from ray_app.ingest.adapters import Source, list_files
     from ray_app.ingest.pipeline import known_format
 

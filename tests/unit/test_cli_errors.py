@@ -72,7 +72,7 @@ def test_ingest_reports_bad_input_but_lets_a_bug_through(tmp_path, monkeypatch, 
     def unreadable(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(csv))
 
-    monkeypatch.setattr(ingest, "ingest_table", unreadable)
+    monkeypatch.setattr(ingest, "ingest_tables", unreadable)
     assert ingest.main(argv) == 1
     out, err = capsys.readouterr()
     assert _last_json(out)["error"] == f"cannot ingest products from {csv}: PermissionError: [Errno 13] Permission denied: '{csv}'"
@@ -81,7 +81,7 @@ def test_ingest_reports_bad_input_but_lets_a_bug_through(tmp_path, monkeypatch, 
     def buggy(*args, **kwargs):
         raise KeyError("title")
 
-    monkeypatch.setattr(ingest, "ingest_table", buggy)
+    monkeypatch.setattr(ingest, "ingest_tables", buggy)
     assert ingest.main(argv) == 1
     out, err = capsys.readouterr()
     summary = _last_json(out)
