@@ -119,7 +119,7 @@ class IngestConfig(JobConfig):
     taxonomy: Optional[str] = Field(None, description="YAML file declaring the label taxonomy (intents, entity_types, grades), saved into the store before ingesting; labels are checked against the store's taxonomy")
     max_field_chars: int = Field(100_000, ge=100, description="text fields longer than this are quarantined")
     split: Optional[str] = Field(None, description="force the split of ingested queries/judgments (train/validation/test)")
-    block_rows: int = Field(20_000, ge=100, description="rows per Ray Data block when cleaning")
+    block_rows: int = Field(50_000, ge=100, description="rows per parse task (at most 32 MiB of input)")
     resolve_rows: int = Field(250_000, ge=100, description="a feed with more accepted rows than this is de-duplicated and "
                               "merged in Ray tasks of about this many rows each (by a hash of the key), not on the driver")
     grades: Optional[GradeScale] = Field(None, description="scale of the judgments' grades: esci (E=3,S=2,C=1,I=0), "

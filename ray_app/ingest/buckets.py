@@ -80,7 +80,7 @@ def resolve_bucketed(store: Any, table: str, staging: str, ok_rows: int, block_r
     resolved, linked = f"{staging.removesuffix('.lance')}-resolved.lance", f"{staging.removesuffix('.lance')}-linked.lance"
     spans = ranges(math.ceil(ok_rows / max(1, block_rows)))
     parts = ray.get([_resolve_range.remote(store.uri, options, table, staging, resolved, schema, lo, hi) for lo, hi in spans])
-    _commit(resolved, [p["fragments"] for p in parts], schema, options)
+    commit_fragments(resolved, [p["fragments"] for p in parts], schema, options)
     accepted = sum(p["accepted"] for p in parts)
     duplicates = sum(p["duplicates"] for p in parts)
     to_link = sum(p["to_link"] for p in parts)
@@ -89,7 +89,7 @@ def resolve_bucketed(store: Any, table: str, staging: str, ok_rows: int, block_r
     if to_link:
         _index(lance.dataset(resolved, storage_options=options), "_ubucket")
         links = ray.get([_link_range.remote(store.uri, options, resolved, linked, schema, lo, hi) for lo, hi in spans])
-        _commit(linked, [p["fragments"] for p in links], schema, options)
+        commit_fragments(linked, [p["fragments"] for p in links], schema, options)
     returns = sum(p["returns"] for p in parts)
     if returns:  # returns that came linked, or were linked here
         unlinked = sum(p["returns_unlinked"] for p in parts) + sum(p["unlinked"] for p in links)
@@ -121,7 +121,7 @@ def _index(dataset: Any, column: str) -> None:
         pass
 
 
-def _commit(uri: str, fragment_lists: list[list[str]], schema: pa.Schema, options: Optional[dict[str, str]]) -> None:
+def commit_fragments(uri: str, fragment_lists: list[list[str]], schema: pa.Schema, options: Optional[dict[str, str]]) -> None:
     """One commit of every task's fragments (none written: no dataset, and no scan reads it)."""
     import lance
     from lance.fragment import FragmentMetadata
@@ -152,7 +152,7 @@ def _resolve_range(uri: str, options: Optional[dict[str, str]], table: str, stag
         rows = rows.append_column("_ubucket", bucket_of(rows.column("user_id"))).append_column("_to_link", pc.fill_null(to_link, False))
         rows = rows.sort_by("_ubucket")  # the second pass reads by user range: one slice of each fragment
         counts.update(to_link=_count(to_link), returns=_count(is_return), returns_unlinked=_count(no_ref) - _count(to_link))
-    counts["fragments"] = _write(rows, out, schema, options)
+    counts["fragments"] = write_fragments(rows, out, schema, options)
     return counts
 
 
@@ -168,7 +168,7 @@ def _link_range(uri: str, options: Optional[dict[str, str]], resolved: str, out:
     rows = rows.filter(pc.is_in(rows.column("event_type"), pa.array(["purchase", "return"])))
     linked, _ = link_returns(rows, lambda users: stored_purchases(store, users))
     returns = linked.filter(pc.fill_null(linked.column("_to_link"), False))
-    return {"fragments": _write(returns, out, schema, options), "unlinked": returns.column("ref_event_id").null_count}
+    return {"fragments": write_fragments(returns, out, schema, options), "unlinked": returns.column("ref_event_id").null_count}
 
 
 def _in_range(dataset: Any, column: str, lo: int, hi: int) -> pa.Table:
@@ -186,11 +186,11 @@ def _count(mask: pa.Array | pa.ChunkedArray) -> int:
     return int(pc.sum(pc.cast(pc.fill_null(mask, False), pa.int64())).as_py() or 0)
 
 
-def _write(rows: pa.Table, uri: str, schema: pa.Schema, options: Optional[dict[str, str]]) -> list[str]:
+def write_fragments(rows: pa.Table, uri: str, schema: pa.Schema, options: Optional[dict[str, str]]) -> list[str]:
     """Write rows as fragments of the dataset at `uri` (committed by the driver); their metadata."""
     if rows.num_rows == 0:
         return []
-    from lance.fragment import write_fragments
+    import lance.fragment
 
     rows = rows.select(schema.names).cast(schema)
-    return [json.dumps(f.to_json()) for f in write_fragments(rows, uri, schema=schema, storage_options=options)]
+    return [json.dumps(f.to_json()) for f in lance.fragment.write_fragments(rows, uri, schema=schema, storage_options=options)]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gc
 import json
-import pickle
 import re
 import shutil
 import tempfile
@@ -47,7 +46,7 @@ from ray_app.object_store import is_uri
 from ray_app.ingest.clean import AUTO_KEY, IGNORED_KEY, PRESENT_KEY, CleanContext, Reject, clean_record
 from ray_app.ingest.readers import (decode_utf8, detect_format, file_size, line_starts, parse_file, parse_parquet_groups,
                                     read_bytes, read_range)
-from ray_app.ingest.buckets import OK, resolve_bucketed, with_bucket
+from ray_app.ingest.buckets import OK, commit_fragments, resolve_bucketed, with_bucket, write_fragments
 from ray_app.ingest.resolve import QUARANTINE_COLUMNS, resolve
 from ray_app.ingest.quarantine import PERSONAL_TABLES, reason_kind, redact_personal
 from ray_app.store import Store, rows_to_arrow, schema_of, utcnow
@@ -61,6 +60,11 @@ META_FIELDS = [pa.field("_status", pa.string()), pa.field("_source", pa.string()
                pa.field("_bucket", pa.int32())]  # the hash of the row's key (ray_app.ingest.buckets)
 Transform = Callable[[dict, str], list[dict]]  # (record, source path) -> records
 BYTES_PER_ROW_GUESS = 400  # until a file's first lines say otherwise (and for gzip, before it is decompressed)
+# A parse task's range holds about `block_rows` rows, and at most this many bytes: a task of
+# 50k invoice lines or events runs ~3 s (Ray Data waits up to 0.1 s to see a task end and starts
+# the next, so 1 s tasks lost ~10% of the CPUs), while 50k product pages of 4 KiB would hold
+# 200 MB of text and its dicts in one worker; 32 MiB of them is 8k rows.
+UNIT_BYTES = 32 << 20
 RESOLVE_ROWS = 250_000  # accepted rows above which a feed is resolved in Ray tasks, and rows per task
 STALE_STAGING_S = 24 * 3600  # a staging dataset this old belongs to a crashed run, never to a live one
 
@@ -71,12 +75,14 @@ def staging_schema(table: str) -> pa.Schema:
 
 
 def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int,
-               spill_dir: Optional[str] = None) -> list[dict[str, Any]]:
+               spill_dir: Optional[str] = None, parallelism: int = 1) -> list[dict[str, Any]]:
     """Work units (every key in every unit, as Ray Data's blocks need): `kind` "whole" (a file),
     "lines" (bytes [start, end) whose first line is `first_line`; CSV ranges also read the header,
     bytes [0, header_end)) or "row_groups" (Parquet row groups [start, end), first row `first_line`).
     `path` names the file (rows' source); `read_from` is where its bytes are: a gzipped JSONL or
-    CSV file is decompressed into `spill_dir` (one streaming pass) so that it splits like any other."""
+    CSV file is decompressed into `spill_dir` (one streaming pass) so that it splits like any other.
+    A file's ranges come in a multiple of `parallelism` (the CPUs the tasks share), so that 11
+    ranges on 2 CPUs do not leave one idle for the last: 12 slightly smaller ones instead."""
     from ray_app.ingest.adapters import list_files
 
     files = []
@@ -103,7 +109,10 @@ def plan_units(paths: list[str], forced_format: Optional[str], block_rows: int,
                 units.append(whole)
                 continue
             source, size = plain, file_size(plain) or 0
-        chunk = block_rows * _bytes_per_row(source, size)
+        chunk = min(block_rows * _bytes_per_row(source, size), UNIT_BYTES)
+        if size > chunk and parallelism > 1:
+            ranges_wanted = -(-size // chunk)
+            chunk = -(-size // (-(-ranges_wanted // parallelism) * parallelism))
         if size <= chunk:
             units.append({**whole, "read_from": source})
             continue
@@ -270,42 +279,41 @@ def _process_units(batch: dict[str, Any], specs: list[TableSpec], stagings: dict
                    forced_format: Optional[str], encoding: Optional[str],
                    storage_options: Optional[dict[str, str]] = None) -> pa.Table:
     """A parse task: stage_units, then each table's rows written as a Lance fragment of its staging
-    dataset (committed by the driver once every task is done). Returns the pickled fragment
-    metadata, one row per table and fragment."""
-    import lance
-
-    # A worker's heap (Ray, pyarrow, pydantic, the adapters: some 200k objects) is rescanned by
-    # every collection that the parse's millions of small dicts and strings set off: frozen for
-    # the task, the parse is ~15% faster on one core. Objects made here are still collected.
-    gc.freeze()
+    dataset (committed by the driver once every task is done). Returns the fragments' metadata
+    (JSON), one row per table and fragment."""
+    # The parse makes millions of small dicts and strings, and each collection they set off rescans
+    # every tracked object: the worker's own heap (Ray, pyarrow, pydantic: ~200k objects) and the
+    # unit's rows so far, so a unit cost more than linearly in its rows (~15% of a 20k-row unit,
+    # more for larger ones). The rows hold no cycles: the collector is off for the unit and back
+    # on after it, and collects whatever a unit did leave.
+    enabled = gc.isenabled()
+    gc.disable()
     try:
         staged = stage_units(batch, specs, ctx_kwargs, forced_format, encoding)
     finally:
-        gc.unfreeze()
+        if enabled:
+            gc.enable()
     tables, fragments = [], []
     for spec, rows in zip(specs, staged):
-        if not rows.num_rows:
-            continue
-        for fragment in lance.fragment.write_fragments(rows, stagings[spec.table], schema=rows.schema,
-                                                       storage_options=storage_options):
+        for fragment in write_fragments(rows, stagings[spec.table], rows.schema, storage_options):
             tables.append(spec.table)
-            fragments.append(pickle.dumps(fragment))
-    return pa.table({"table": pa.array(tables, pa.string()), "fragment": pa.array(fragments, pa.binary())})
+            fragments.append(fragment)
+    return pa.table({"table": pa.array(tables, pa.string()), "fragment": pa.array(fragments, pa.string())})
 
 
-def _commit_staging(uri: str, table: str, fragments: list, storage_options: Optional[dict[str, str]]):
+def _commit_staging(uri: str, table: str, fragments: list[str], storage_options: Optional[dict[str, str]]):
     """One Overwrite commit of every fragment the parse tasks wrote: the staging dataset, or None
     when no row was read (an empty file, or a header alone)."""
     import lance
 
     if not fragments:
         return None
-    return lance.LanceDataset.commit(uri, lance.LanceOperation.Overwrite(staging_schema(table), fragments),
-                                     storage_options=storage_options)
+    commit_fragments(uri, [fragments], staging_schema(table), storage_options)
+    return lance.dataset(uri, storage_options=storage_options)
 
 
 def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, mapping: Optional[dict[str, str]] = None,
-                 transform: Optional[Transform] = None, forced_format: Optional[str] = None, block_rows: int = 20_000,
+                 transform: Optional[Transform] = None, forced_format: Optional[str] = None, block_rows: int = 50_000,
                  source_label: str = "", encoding: Optional[str] = None, derived: bool = False,
                  resolve_rows: int = RESOLVE_ROWS) -> TableIngestStats:
     """Run the pipeline for one table; returns the ledger entry it wrote (see ingest_tables)."""
@@ -315,7 +323,7 @@ def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, m
 
 
 def ingest_tables(store: Store, specs: list[TableSpec], paths: list[str], ctx_kwargs: dict,
-                  forced_format: Optional[str] = None, block_rows: int = 20_000, source_label: str = "",
+                  forced_format: Optional[str] = None, block_rows: int = 50_000, source_label: str = "",
                   encoding: Optional[str] = None, resolve_rows: int = RESOLVE_ROWS) -> list[TableIngestStats]:
     """Run the pipeline for every table that `paths` fill (an invoice log: products and events), in
     one parse: each file is read once and each row cleaned for every table. Then each table in
@@ -343,7 +351,8 @@ def ingest_tables(store: Store, specs: list[TableSpec], paths: list[str], ctx_kw
 
     try:
         try:
-            units = plan_units(paths, forced_format, block_rows, spill_dir=spill)
+            units = plan_units(paths, forced_format, block_rows, spill_dir=spill,
+                               parallelism=int(ray.cluster_resources().get("CPU", 1)))
             lap("plan")
             ds = ray.data.from_items(units, override_num_blocks=len(units))
             # one unit a task, each writing its own fragments (a fused task of many units would
@@ -354,7 +363,7 @@ def ingest_tables(store: Store, specs: list[TableSpec], paths: list[str], ctx_kw
                                            "storage_options": store.storage_options})
             written: dict[str, list] = {s.table: [] for s in specs}
             for row in ds.iter_rows():
-                written[row["table"]].append(pickle.loads(row["fragment"]))
+                written[row["table"]].append(row["fragment"])
         finally:
             _remove(spill)  # read by the parse tasks only: gone as soon as they are, or when they fail
         staged = {s.table: _commit_staging(stagings[s.table], s.table, written[s.table], store.storage_options)

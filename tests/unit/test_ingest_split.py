@@ -178,3 +178,14 @@ def test_the_job_parses_once_for_the_sources_that_read_the_same_files(tmp_path):
     assert [[s.table for s in g] for g in source_groups(plan)] == [["products"], ["queries", "judgments", "products", "users"]]
     again = [Source("products", catalogue), Source("products", catalogue)]
     assert [[s.table for s in g] for g in source_groups(again)] == [["products"], ["products"]]
+
+
+def test_a_file_splits_into_a_multiple_of_the_cpus_and_still_reads_every_row(tmp_path):
+    path = tmp_path / "products.jsonl"
+    path.write_text("".join(f'{{"product_id": "p{i:05d}", "title": "item {i:05d}"}}\n' for i in range(1050)))
+    alone = plan_units([str(path)], None, 100)
+    assert len(alone) % 2 == 1  # 11 ranges of ~100 rows: on 2 CPUs the last would run by itself
+    for cpus in (2, 3, 4):
+        units = plan_units([str(path)], None, 100, parallelism=cpus)
+        assert len(units) % cpus == 0 and len(units) >= len(alone)
+        assert _rows(units, str(path)) == _rows(alone, str(path))
