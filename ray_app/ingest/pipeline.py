@@ -312,6 +312,21 @@ def _commit_staging(uri: str, table: str, fragments: list[str], storage_options:
     return lance.dataset(uri, storage_options=storage_options)
 
 
+class Laps:
+    """Wall seconds of consecutive stages: `lap(name)` ends the stage begun at the last lap."""
+
+    def __init__(self, seconds: Optional[dict[str, float]] = None):
+        self.seconds, self.clock = dict(seconds or {}), time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self.clock = round(now - self.clock, 3), now
+
+    def then(self) -> "Laps":
+        """A copy of the stages so far, timing on from now (one per table after a shared parse)."""
+        return Laps(self.seconds)
+
+
 def ingest_table(store: Store, table: str, paths: list[str], ctx_kwargs: dict, mapping: Optional[dict[str, str]] = None,
                  transform: Optional[Transform] = None, forced_format: Optional[str] = None, block_rows: int = 50_000,
                  source_label: str = "", encoding: Optional[str] = None, derived: bool = False,
@@ -342,13 +357,7 @@ def ingest_tables(store: Store, specs: list[TableSpec], paths: list[str], ctx_kw
     # it is a local folder; on a cluster the tasks of every node must read them, so in staging
     first = stagings[specs[0].table]
     spill = f"{first.removesuffix('.lance')}-input" if is_uri(store.uri) else tempfile.mkdtemp(prefix="shopsearch-ingest-")
-    phases, clock = {}, time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        phases[name], clock = round(now - clock, 3), now
-
+    lap = Laps()
     try:
         try:
             units = plan_units(paths, forced_format, block_rows, spill_dir=spill,
@@ -369,22 +378,17 @@ def ingest_tables(store: Store, specs: list[TableSpec], paths: list[str], ctx_kw
         staged = {s.table: _commit_staging(stagings[s.table], s.table, written[s.table], store.storage_options)
                   for s in specs}
         lap("parse")
-        shared = dict(phases)
-        results = []
-        for spec in specs:
-            phases.clear()
-            phases.update(shared)
-            clock = time.perf_counter()
-            results.append(_finish(store, spec.table, staged[spec.table], stagings[spec.table], run_ids[spec.table],
-                                   started, source_label or ",".join(paths), resolve_rows, lap, phases))
-        return results
+        # each table's own stages are timed on from the shared plan and parse
+        return [_finish(store, spec.table, staged[spec.table], stagings[spec.table], run_ids[spec.table], started,
+                        source_label or ",".join(paths), resolve_rows, lap.then())
+                for spec in specs]
     finally:
         for uri in stagings.values():  # this run's own: never read again, whether it ended or failed
             _remove(uri)
 
 
 def _finish(store: Store, table: str, staged, staging: str, run_id: str, started, source: str, resolve_rows: int,
-            lap: Callable[[str], None], phases: dict[str, float]) -> TableIngestStats:
+            lap: "Laps") -> TableIngestStats:
     """Resolve one table's staged rows, commit them, write its quarantine and its ledger entry."""
     read, ok_rows = (staged.count_rows() if staged else 0), 0
     ignored: set[str] = set()  # set by the cleaner on accepted rows
@@ -421,7 +425,7 @@ def _finish(store: Store, table: str, staged, staging: str, run_id: str, started
                               quarantined=quarantined, duplicates=duplicates,
                               inserted=stats.inserted if stats else 0, updated=stats.updated if stats else 0,
                               version=version, quarantine_reasons=dict(reasons.most_common()), run_id=run_id,
-                              ignored_columns=sorted(ignored), notes=notes, phase_seconds=dict(phases))
+                              ignored_columns=sorted(ignored), notes=notes, phase_seconds=dict(lap.seconds))
     store.upsert("ingest_runs", rows_to_arrow([{**result.model_dump(exclude={"quarantine_reasons", "ignored_columns", "notes",
                                                                                    "phase_seconds"}),
                                                "started_at": started, "finished_at": utcnow()}], "ingest_runs"))
