@@ -394,7 +394,8 @@ def _finish(store: Store, table: str, staged, staging: str, run_id: str, started
     ignored: set[str] = set()  # set by the cleaner on accepted rows
     for batch in staged.to_batches(columns=[IGNORED_KEY], filter=OK) if read else []:  # one scan: both counted
         ok_rows += batch.num_rows
-        ignored.update(c for cols in batch.column(0).to_pylist() for c in cols or [])
+        # the distinct names in Arrow, not a Python list a row (0.8 s of 1M events' resolve)
+        ignored.update(pc.unique(pc.list_flatten(batch.column(0))).to_pylist())
     extra: list[str] = []
     try:
         if ok_rows > resolve_rows:  # per key range in Ray tasks: no process holds the whole feed
