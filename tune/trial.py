@@ -1,21 +1,23 @@
 """What runs inside one Tune trial: the trial's TrainConfig -> trainer.build_trainer -> fit.
 
 This is the Train V2 way of composing Tune and Train: a Tune function trainable builds and fits
-a TorchTrainer, and `TuneReportCallback` forwards every per-epoch `ray.train.report` of the
-loop to Tune, so a scheduler (ASHA) sees one result per epoch and can stop the trial.
+a TorchTrainer in a thread, and `ForwardReports`, a Train callback, hands every per-epoch
+`ray.train.report` of the loop back to the function, which reports it to Tune: a scheduler
+(ASHA) sees one result per epoch and can stop the trial.
 
 Stopping: Tune stops a weak trial by ending its actor, which would end the trial's Train
 controller with it and leave the workers' placement group reserved (ray_app/training/stop.py).
 So `StopTrainRuns`, a Tune callback, asks the run to stop through the search's StopBoard when Tune
 completes a trial (before Tune ends the actor); the loop leaves at the next step on every rank and
 Train releases its resources itself. Public Ray APIs only: a function trainable, a Tune
-`Callback`, an actor, and Tune's `TuneReportCallback` for Train V2.
+`Callback`, a `ray.train.UserCallback`, an actor and a `ray.util.queue.Queue`.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from ray.train import UserCallback
 from ray.tune import Callback
 
 from schemas.training import TrainConfig
@@ -70,12 +72,35 @@ class StopTrainRuns(Callback):
                 trial.trial_id, self.timeout_s)
 
 
+class ForwardReports(UserCallback):
+    """A Train callback (it runs in the Train controller) that hands each report of rank 0, with the
+    path of the checkpoint Train kept, to the trial's function through a Ray queue."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put({**metrics[0], **({"checkpoint_path": checkpoint.path} if checkpoint else {})})
+
+
+_DONE = "__train_run_done__"
+
+
 def run_trial(params: dict[str, Any], base: dict[str, Any], data, train_storage: str, board=None) -> None:
     """One trial: the same build_trainer as jobs.train, with the trial's settings and Tune reporting;
-    with a StopBoard, the run ends at the next step once the board says so."""
+    with a StopBoard, the run ends at the next step once the board says so.
+
+    The Train run fits in a thread of the trial; its reports come back through a queue and this
+    function passes each to `tune.report` itself, in order, then returns once the run has ended
+    and every report is through. Not Tune's `TuneReportCallback`: it reports from the trial
+    actor's main thread, and when the run ended just before that thread forwarded the last epoch,
+    the function's own final result filled Tune's one-slot queue first and the main thread waited
+    on itself for ever (seen once in CI, Ray 2.60)."""
+    import threading
+
     import ray
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
 
     from ray_app.training.trainer import build_trainer
 
@@ -83,10 +108,30 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], data, train_storage:
     config = TrainConfig.model_validate({**base, **resolve_params(params, base),
                                          "storage_path": train_storage, "run_name": trial_id})
     overrides = {"stop_board": board, "stop_key": trial_id} if board is not None else None
+    # unbounded: the controller never waits on Tune (a stopped trial's run must reach its end)
+    reports, failed = Queue(actor_options={"num_cpus": 0}), []
+    trainer = build_trainer(config, data, overrides=overrides, callbacks=[ForwardReports(reports)])
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # re-raised in the trial's function below
+            failed.append(e)
+        finally:
+            if board is not None:  # before the last report: a stop waits for this, not for Tune
+                ray.get(board.finished.remote(trial_id))
+            reports.put(_DONE)
+
     if board is not None:
         ray.get(board.started.remote(trial_id))
+    runner = threading.Thread(target=fit, name=f"train-{trial_id}", daemon=True)
+    runner.start()
     try:
-        build_trainer(config, data, overrides=overrides, callbacks=[TuneReportCallback()]).fit()
+        while (item := reports.get()) != _DONE:
+            tune.report(item)
+        runner.join()
     finally:
-        if board is not None:
-            ray.get(board.finished.remote(trial_id))
+        reports.shutdown()
+    if failed:
+        raise failed[0]
+

@@ -95,7 +95,7 @@ def build_trainer(config: TrainConfig, data: TaskData, overrides: Optional[dict[
     """A TorchTrainer for `config` on `data`.
 
     `overrides` replace keys of the loop config (a Tune trial's lr, lora r...); `callbacks` go to
-    RunConfig (e.g. `ray.tune.integration.ray_train.TuneReportCallback()` inside a Tune trial).
+    RunConfig (e.g. `tune.trial.ForwardReports` inside a Tune trial).
     """
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
